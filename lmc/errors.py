@@ -1,0 +1,17 @@
+"""User-facing errors.
+
+A `UserError` is a mistake the user can fix (bad config value, missing data, a
+workdir made by another config). The CLI prints its message and exits with code 2,
+without a traceback; everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """An error caused by user input; the message names the culprit and the fix."""
+
+
+def choose(kind: str, value: str, valid) -> None:
+    """Raise a UserError unless `value` is one of `valid`, listing the valid ones."""
+    valid = sorted(valid)
+    if value not in valid:
+        raise UserError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")

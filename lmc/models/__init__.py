@@ -1,0 +1,98 @@
+"""Model zoo behind one pure interface.
+
+Everything outside `lmc.models` sees a `Model` with
+
+    params, model_state = model.init(key, example_x)
+    logits, new_model_state = model.apply(params, model_state, x, train)
+
+where `params` and `model_state` (BatchNorm running statistics; `{}` if the model has
+none) are plain nested dicts. Flax stays inside this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from lmc.errors import UserError, choose
+from lmc.models.cnn import CNN
+from lmc.models.mlp import MLP
+from lmc.models.resnet import ResNet20
+from lmc.models.vgg import CONFIGS as VGG_CONFIGS
+from lmc.models.vgg import VGG
+
+MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet20")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    name: str
+    module: nn.Module
+
+    def init(self, key: jax.Array, example_x) -> tuple[dict, dict]:
+        variables = self.module.init(key, example_x, train=False)
+        params = _to_dict(variables["params"])
+        state = _to_dict(variables.get("batch_stats", {}))
+        return params, state
+
+    def apply(self, params: dict, model_state: dict, x, train: bool) -> tuple[jax.Array, dict]:
+        variables = {"params": params}
+        if model_state:
+            variables["batch_stats"] = model_state
+        if train and model_state:
+            logits, updates = self.module.apply(variables, x, train=True, mutable=["batch_stats"])
+            return logits, _to_dict(updates["batch_stats"])
+        return self.module.apply(variables, x, train=train), model_state
+
+    def has_batchnorm(self, model_state: dict) -> bool:
+        return bool(model_state)
+
+
+def _to_dict(tree: Any) -> Any:
+    """Flax may hand back FrozenDicts; the rest of lmc only deals in dicts."""
+    if hasattr(tree, "items"):
+        return {k: _to_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def _positive(name: str, value) -> None:
+    if value is None or value <= 0:
+        raise UserError(f"config.model.{name} must be positive, got {value!r}")
+
+
+def build(name: str, num_classes: int, width=None, depth=None, norm=None) -> Model:
+    """Build model `name`. `width` is units (mlp), base channels (cnn) or a multiplier."""
+    choose("model", name, MODELS)
+    if name == "mlp":
+        width, depth = width or 512, depth or 3
+        _positive("width", width), _positive("depth", depth)
+        return Model(name, MLP(num_classes, int(width), int(depth)))
+    if name == "cnn":
+        width = width or 32
+        _positive("width", width)
+        return Model(name, CNN(num_classes, int(width), norm or "none"))
+    if name in VGG_CONFIGS:
+        width = width or 1.0
+        _positive("width", width)
+        return Model(name, VGG(num_classes, VGG_CONFIGS[name], float(width), norm or "batchnorm"))
+    width = width or 1
+    _positive("width", width)
+    if int(width) != width:
+        raise UserError(f"config.model.width for resnet20 must be an integer multiplier, got {width}")
+    return Model(name, ResNet20(num_classes, int(width), norm or "batchnorm"))
+
+
+def from_config(model_config, num_classes: int) -> Model:
+    return build(
+        model_config.name,
+        num_classes,
+        width=model_config.get("width"),
+        depth=model_config.get("depth"),
+        norm=model_config.get("norm"),
+    )
+
+
+__all__ = ["Model", "build", "from_config", "MODELS"]

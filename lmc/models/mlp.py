@@ -1,0 +1,18 @@
+"""Multi-layer perceptron (Git Re-Basin's 3x512 MNIST MLP by default)."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    num_classes: int
+    width: int = 512
+    depth: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train  # no train-time behaviour
+        x = x.reshape((x.shape[0], -1))
+        for i in range(self.depth):
+            x = nn.relu(nn.Dense(self.width, name=f"dense{i}")(x))
+        return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
