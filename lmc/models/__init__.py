@@ -81,7 +81,9 @@ def build(name: str, num_classes: int, width=None, depth=None, norm=None) -> Mod
     width = width or 1
     _positive("width", width)
     if int(width) != width:
-        raise UserError(f"config.model.width for resnet20 must be an integer multiplier, got {width}")
+        raise UserError(
+            f"config.model.width for resnet20 must be an integer multiplier, got {width}"
+        )
     return Model(name, ResNet20(num_classes, int(width), norm or "batchnorm"))
 
 
