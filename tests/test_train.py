@@ -19,7 +19,7 @@ def _assert_trees_equal(a, b):
 
 
 def _trees_differ(a, b):
-    return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def test_same_config_twice_is_bitwise_identical(tmp_path):
