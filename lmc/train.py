@@ -24,7 +24,7 @@ import optax
 
 from lmc import metrics as metrics_lib
 from lmc.checkpoint import Checkpointer
-from lmc.data import Dataset, batch_indices, crop_and_flip, steps_per_epoch
+from lmc.data import Dataset, crop_and_flip, steps_per_epoch
 from lmc.errors import UserError
 from lmc.models import Model
 from lmc.progress import Progress
@@ -221,10 +221,8 @@ def _run_steps(
     step = int(state["step"])
     try:
         while step < stop_step:
-            idx = batch_indices(seeds.data, step, config.batch_size, dataset.num_train)
-            state, step_metrics = train_step(
-                state, dataset.train_x[idx], dataset.train_y[idx], aug_key
-            )
+            x, y = dataset.train_batch(seeds.data, step, config.batch_size)
+            state, step_metrics = train_step(state, x, y, aug_key)
             step += 1
             will_save = checkpointer.manager.should_save(step) and step < stop_step
             if step % log_every == 0 or step % eval_every == 0 or will_save or step == stop_step:
