@@ -29,8 +29,9 @@ EXPERIMENTS = {
 SCHEMA_VERSION = 1
 
 
-def run_experiment(config, workdir: str | Path, *, overwrite: bool = False,
-                   config_file: str | None = None) -> dict:
+def run_experiment(
+    config, workdir: str | Path, *, overwrite: bool = False, config_file: str | None = None
+) -> dict:
     choose("experiment", config.experiment, EXPERIMENTS)
     module = importlib.import_module(EXPERIMENTS[config.experiment])
     config_dict = config_to_dict(config)

@@ -86,9 +86,16 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         extra = {}
     else:
         batches = _align_batches(config, dataset, labels=True)
-        perms, info = align.ste(spec, model, ea, eb, batches, key=key,
-                                steps=int(config.align.ste_steps),
-                                max_iter=config.align.max_iter)
+        perms, info = align.ste(
+            spec,
+            model,
+            ea,
+            eb,
+            batches,
+            key=key,
+            steps=int(config.align.ste_steps),
+            max_iter=config.align.max_iter,
+        )
         extra = {"steps": int(config.align.ste_steps)}
     aligned = align.apply_permutation(spec, perms, eb)
     extra["align_s"] = round(time.perf_counter() - t0, 3)
@@ -109,5 +116,7 @@ def _align_batches(config, dataset, labels: bool = False):
 def finite_or_raise(tree, what: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not np.isfinite(np.asarray(leaf)).all():
-            raise UserError(f"{what}: parameter {jax.tree_util.keystr(path)} holds NaN/Inf; "
-                            "the run diverged, retrain with a lower learning rate")
+            raise UserError(
+                f"{what}: parameter {jax.tree_util.keystr(path)} holds NaN/Inf; "
+                "the run diverged, retrain with a lower learning rate"
+            )

@@ -41,15 +41,22 @@ def compare_pair(config, model, dataset, ea: dict, eb: dict, methods=None) -> di
             out[method] = {**evaluate.method_entry(curve), **info}
         except Exception as e:  # one broken method must not cost the others
             log.error("method %s failed: %s", method, e)
-            out[method] = {"error": f"{type(e).__name__}: {e}",
-                           "traceback": traceback.format_exc(limit=5)}
+            out[method] = {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(limit=5),
+            }
     return out
 
 
 def endpoint_metrics(config, model, dataset, endpoints: dict) -> dict:
     return {
-        name: evaluate.evaluate(model.apply, e, dataset, batch_size=int(config.eval.batch_size),
-                                train_subset=int(config.eval.train_subset) or None)
+        name: evaluate.evaluate(
+            model.apply,
+            e,
+            dataset,
+            batch_size=int(config.eval.batch_size),
+            train_subset=int(config.eval.train_subset) or None,
+        )
         for name, e in endpoints.items()
     }
 
