@@ -38,9 +38,15 @@ def default_config_path() -> str:
     return str(Path(__file__).resolve().parents[1] / "configs" / "default.py")
 
 
-def _define_run_flags(fv: flags.FlagValues) -> None:
+def _define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    # config_flags finds the --config.x overrides to register by scanning `sys_argv`.
     config_flags.DEFINE_config_file(
-        "config", default_config_path(), "experiment config file", flag_values=fv, lock_config=True
+        "config",
+        default_config_path(),
+        "experiment config file",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=argv,
     )
     flags.DEFINE_string(
         "workdir", None, "output directory (default: ./runs/<config name>)", flag_values=fv
@@ -59,8 +65,8 @@ def _define_run_flags(fv: flags.FlagValues) -> None:
     )
 
 
-def _define_sweep_flags(fv: flags.FlagValues) -> None:
-    _define_run_flags(fv)
+def _define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    _define_run_flags(fv, argv)
     flags.DEFINE_integer("parallel", 1, "points run at once", flag_values=fv)
     flags.DEFINE_bool(
         "print", False, "print one `lmc run` command line per point and exit", flag_values=fv
@@ -69,28 +75,38 @@ def _define_sweep_flags(fv: flags.FlagValues) -> None:
 
 def _parse(argv: list[str], define) -> flags.FlagValues:
     fv = flags.FlagValues()
-    define(fv)
     try:
+        define(fv, argv)
         rest = fv(argv)
     except flags.Error as e:
         raise UserError(f"{e}\n\n{USAGE}") from None
     except (KeyError, AttributeError, ValueError, TypeError) as e:
         # config_flags raises these for unknown --config.x keys or values of the wrong type.
-        raise UserError(f"bad config override: {e}") from None
+        raise UserError(
+            f"bad config override: {e}. Overrides must name an existing key of the config "
+            "(see the config file or config.json of a run) with a value of the same type."
+        ) from None
     if len(rest) > 1:
         raise UserError(f"unexpected arguments {rest[1:]}\n\n{USAGE}")
     return fv
 
 
 def _config_and_workdir(fv: flags.FlagValues):
+    config_file = fv["config"].config_filename
+    path = Path(config_file.split(":")[0])
+    if not path.is_file():
+        raise UserError(
+            f"--config={config_file}: no such file (configs live in configs/, e.g. "
+            "configs/default.py)"
+        )
     try:
         config = fv["config"].value
+        config.get("experiment")  # config_flags defers load errors to the first access
     except Exception as e:  # loading a config file runs user code
-        raise UserError(f"cannot load --config={fv['config'].config_filename}: {e}") from None
+        raise UserError(f"cannot load --config={config_file}: {e}") from None
     if config is None:
         raise UserError(f"--config is required\n\n{USAGE}")
-    config_file = fv["config"].config_filename
-    workdir = fv.workdir or os.path.join("runs", Path(config_file.split(":")[0]).stem)
+    workdir = fv.workdir or os.path.join("runs", path.stem)
     return config, config_file, workdir
 
 

@@ -1,0 +1,127 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmc.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config.data.name=synthetic",
+    "--config.model.width=32",
+    "--config.model.depth=2",
+    "--config.batch_size=32",
+    "--config.num_steps=30",
+    "--config.eval.num_alphas=5",
+    "--config.eval.train_subset=256",
+    "--config.progress=False",
+]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lmc.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["run", "--config.model.name=transformer9"], "valid models: cnn, mlp"),
+        (["run", "--config.optimizer.name=lion"], "valid optimizers: adam, adamw, sgd"),
+        (["run", "--config.data.name=imagenet"], "valid datasets: digits"),
+        (["run", "--config.nonexistent_key=3"], "nonexistent_key"),
+        (["run", "--config.eval.methods=('naive','magic')"], "unknown method 'magic'"),
+        (["run", "--config.eval.num_alphas=2"], "at least 3"),
+        (["run", "--config.spawn.mode=spawn", "--config.spawn.step=100000"], "spawn step 100000"),
+        (["run", "--config=configs/does_not_exist.py"], "does_not_exist"),
+        (["run", "--config.batch_size=0"], "batch_size"),
+        (["run", "--config.eval.methods=('naive+reset',)"], "+reset"),
+        (["report"], "at least one workdir"),
+    ],
+)
+def test_user_errors_exit_2_with_message(tmp_path, capsys, args, message):
+    code = main(
+        ["lmc", *args, f"--workdir={tmp_path / 'w'}"] if args[0] == "run" else ["lmc", *args]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    # Nothing half-written: a rejected config leaves no workdir behind.
+    assert not (tmp_path / "w" / "results.json").exists()
+
+
+def test_subprocess_user_error_has_no_traceback(tmp_path):
+    proc = run_cli("run", "--config.model.name=nope", f"--workdir={tmp_path}")
+    assert proc.returncode == 2
+    assert "valid models" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_end_to_end_then_reuse_then_refuse_other_config(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["lmc", "run", f"--workdir={workdir}", *TINY]) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["complete"] is True and results["schema_version"] == 1
+    assert set(results["methods"]) == {"naive", "weight_matching"}
+    naive = results["methods"]["naive"]
+    assert len(naive["alphas"]) == 5 and set(naive["barrier"]) == {
+        "train_loss",
+        "train_error",
+        "test_loss",
+        "test_error",
+    }
+    assert results["provenance"]["config_hash"]
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    metrics_before = (workdir / "child_0" / "metrics.jsonl").read_text()
+
+    # Rerun: checkpoints are reused, nothing is retrained.
+    assert main(["lmc", "run", f"--workdir={workdir}", *TINY]) == 0
+    assert (workdir / "child_0" / "metrics.jsonl").read_text() == metrics_before
+    again = json.loads((workdir / "results.json").read_text())
+    assert again["methods"]["naive"]["barrier"] == naive["barrier"]
+
+    # A different config is refused, and nothing is touched.
+    capsys.readouterr()
+    assert main(["lmc", "run", f"--workdir={workdir}", *TINY, "--config.num_steps=31"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert json.loads((workdir / "results.json").read_text()) == again
+
+    # `lmc report` prints the table.
+    assert main(["lmc", "report", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "weight_matching" in out and "barrier test_loss" in out
+
+
+def test_overwrite_replaces_a_workdir_made_by_another_config(tmp_path):
+    workdir = tmp_path / "run"
+    assert (
+        main(["lmc", "run", f"--workdir={workdir}", *TINY, "--config.eval.methods=('naive',)"]) == 0
+    )
+    assert (
+        main(
+            [
+                "lmc",
+                "run",
+                f"--workdir={workdir}",
+                *TINY,
+                "--config.num_steps=20",
+                "--config.eval.methods=('naive',)",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_steps"] == 20
