@@ -1,0 +1,195 @@
+"""PNG plots drawn from a results.json-shaped dict alone.
+
+    plot_curves(results, "curves.png")                 # loss/error vs alpha per method
+    plot_sweep(results, "barrier_vs_k.png", "spawn_step")  # barrier mean ± std vs swept value
+
+Only the dict is read (no model, no data), so any results.json, old or copied from
+a cluster, can be re-plotted. Figures are built on `matplotlib.figure.Figure`
+(the Agg canvas, no pyplot global state: safe in threads and on headless
+machines) and written to a temporary file that is renamed into place, so a
+reader never sees half a PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import PercentFormatter
+
+METRICS = ("train_loss", "train_error", "test_loss", "test_error")
+_GRID = (("train_loss", "train_error"), ("test_loss", "test_error"))  # rows x cols
+_LABELS = {
+    "train_loss": "train loss (nats)",
+    "train_error": "train error",
+    "test_loss": "test loss (nats)",
+    "test_error": "test error",
+}
+_DPI = 120
+
+
+def plot_curves(results: dict, path) -> Path:
+    """2x2 figure (train/test x loss/error vs alpha), one line per method.
+
+    The legend gives each method's barriers (loss / error, train and test), as
+    Entezari et al.'s max deviation from the chord. Methods recorded as failed
+    (an "error" entry) are listed in the title's footnote instead of drawn.
+    """
+    methods = results.get("methods") or {}
+    drawn = {name: m for name, m in methods.items() if "curves" in m and "alphas" in m}
+    failed = sorted(name for name in methods if name not in drawn)
+    if not drawn:
+        raise ValueError("results has no method with curves to plot")
+    fig = Figure(figsize=(11, 8.5), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
+    colors = _colors(list(drawn))
+    for row, metrics in enumerate(_GRID):
+        for col, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for name, entry in drawn.items():
+                if metric in entry["curves"]:
+                    ax.plot(entry["alphas"], entry["curves"][metric], marker="o", markersize=3,
+                            linewidth=1.6, color=colors[name], label=name)  # fmt: skip
+            ax.set_title(_LABELS[metric])
+            if row == 1:
+                ax.set_xlabel("alpha  (0 = network A, 1 = network B)")
+            _style_metric_axis(ax, metric)
+            ax.set_xlim(0, 1)
+    labels = {name: f"{name}   barrier: {_barrier_summary(drawn[name])}" for name in drawn}
+    _legend(fig, colors, labels, ncols=2)
+    title = _title(results, "interpolation curves")
+    if failed:
+        title += "\nfailed, not drawn: " + ", ".join(failed)
+    fig.suptitle(title, fontsize=13)
+    return _save(fig, path)
+
+
+def _barrier_summary(entry: dict) -> str:
+    barrier = entry.get("barrier") or {}
+    parts = []
+    for split in ("train", "test"):
+        loss, error = barrier.get(f"{split}_loss"), barrier.get(f"{split}_error")
+        if loss is not None and error is not None:
+            parts.append(f"{split} {_fmt('loss', loss)} / {_fmt('error', error)}")
+    return ", ".join(parts) if parts else "n/a"
+
+
+def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier") -> Path:
+    """Barrier mean ± std (over pairs) versus the swept value, one line per method.
+
+    Reads `results["points"]`: entries `{x_key: value, "methods": {name:
+    {"<kind>_mean": {metric: v}, "<kind>_std": {metric: v}, ...}}}` as written by
+    the sweep experiments; `kind` is "barrier" or "barrier_vs_mean". The band is
+    ± one standard deviation; a method failed at a point leaves a gap there.
+    """
+    points = [p for p in results.get("points") or [] if x_key in p]
+    if not points:
+        raise ValueError(f"results has no points with key {x_key!r}")
+    points.sort(key=lambda p: p[x_key])
+    names = []
+    for p in points:
+        names += [n for n in p.get("methods", {}) if n not in names]
+    colors = _colors(names)
+    xs = [float(p[x_key]) for p in points]
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
+    for row, metrics in enumerate(_GRID):
+        for col, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for name in names:
+                mean, std = [], []
+                for p in points:
+                    entry = p.get("methods", {}).get(name, {})
+                    m = (entry.get(f"{kind}_mean") or {}).get(metric)
+                    s = (entry.get(f"{kind}_std") or {}).get(metric, 0.0)
+                    mean.append(math.nan if m is None else float(m))
+                    std.append(float(s))
+                if all(math.isnan(m) for m in mean):
+                    continue
+                low = [m - s for m, s in zip(mean, std, strict=True)]
+                high = [m + s for m, s in zip(mean, std, strict=True)]
+                ax.plot(xs, mean, marker="o", markersize=4, linewidth=1.6,
+                        color=colors[name], label=name)  # fmt: skip
+                ax.fill_between(xs, low, high, color=colors[name], alpha=0.18, linewidth=0)
+            ax.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
+            ax.set_title(f"{kind.replace('_', ' ')}: {_LABELS[metric]}")
+            if row == 1:
+                ax.set_xlabel(_x_label(x_key))
+            _style_metric_axis(ax, metric)
+            _scale_x(ax, xs)
+    _legend(fig, colors, {name: name for name in names}, ncols=4)
+    num_pairs = {e.get("num_pairs") for p in points for e in p.get("methods", {}).values()}
+    num_pairs.discard(None)
+    subtitle = f"mean ± std over {'/'.join(map(str, sorted(num_pairs)))} pairs" if num_pairs else ""
+    fig.suptitle(_title(results, f"{kind.replace('_', ' ')} vs {x_key}  {subtitle}"), fontsize=13)
+    return _save(fig, path)
+
+
+def _legend(fig: Figure, colors: dict, labels: dict, ncols: int) -> None:
+    """One legend below all panels (a legend inside a panel always hides some curve)."""
+    handles = [Line2D([], [], color=colors[n], marker="o", markersize=4) for n in labels]
+    fig.legend(handles, list(labels.values()), loc="outside lower center",
+               ncols=max(1, min(ncols, len(labels))), fontsize=9)  # fmt: skip
+
+
+def _title(results: dict, what: str) -> str:
+    config = results.get("config") or {}
+    model, data = config.get("model") or {}, config.get("data") or {}
+    parts = [str(results.get("experiment", "experiment"))]
+    if model.get("name"):
+        width = f" width {model['width']}" if model.get("width") not in (None, "") else ""
+        norm = f" {model['norm']}" if model.get("norm") not in (None, "", "none") else ""
+        parts.append(f"{model['name']}{width}{norm}")
+    if data.get("name"):
+        parts.append(f"on {data['name']}")
+    return " ".join(parts) + f" - {what}"
+
+
+def _fmt(metric: str, value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{100 * value:.1f}%" if metric.endswith("error") else f"{value:.3f}"
+
+
+def _style_metric_axis(ax, metric: str) -> None:
+    ax.grid(True, alpha=0.3)
+    if metric.endswith("error"):
+        # Errors are fractions in results.json; percent is how papers report them.
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+
+
+def _scale_x(ax, xs: list[float]) -> None:
+    """Log-like x for values spanning decades (spawn steps 0, 100, ..., 10000)."""
+    positive = [x for x in xs if x > 0]
+    if len(positive) < 2 or max(positive) / min(positive) < 20:
+        return
+    if min(xs) > 0:
+        ax.set_xscale("log")
+    elif min(xs) == 0:
+        ax.set_xscale("symlog", linthresh=min(positive))
+
+
+def _x_label(x_key: str) -> str:
+    return {"spawn_step": "spawn step k", "width": "width multiplier"}.get(
+        x_key, x_key.replace("_", " ")
+    )
+
+
+def _colors(names: list[str]) -> dict[str, str]:
+    palette = [f"C{i}" for i in range(10)]
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=_DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
