@@ -34,8 +34,10 @@ def _rows(run: str, results: dict):
         key = results.get("sweep_key", "value")
         for point in results["points"]:
             for method, stats in point.get("methods", {}).items():
-                cells = [_mean_std(stats.get("barrier_mean", {}), stats.get("barrier_std", {}), c)
-                         for c in COLUMNS]
+                cells = [
+                    _mean_std(stats.get("barrier_mean", {}), stats.get("barrier_std", {}), c)
+                    for c in COLUMNS
+                ]
                 yield [f"{run} [{key}={point[key]}]", method, *cells, ""]
         return
     for method, entry in results.get("methods", {}).items():
@@ -54,15 +56,41 @@ def _mean_std(mean: dict, std: dict, col: str) -> str:
     return f"{mean[col]:.4f}±{std.get(col, 0.0):.4f}"
 
 
+def format_merge_table(runs: list[tuple[str, dict]]) -> str:
+    """merge_many runs: metrics (not barriers) of each model, the naive and the merged average."""
+    header = ["run", "network", *COLUMNS]
+    rows = []
+    for run, results in runs:
+        named = [(f"model {i}", m) for i, m in enumerate(results["models"])]
+        named += [("naive average", results["naive_average"]), ("MergeMany", results["merged"])]
+        rows += [[run, name, *(f"{m[c]:.4f}" for c in COLUMNS)] for name, m in named]
+    return _table(header, rows)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: (
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+    )
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(header), sep, *(fmt(r) for r in rows)])
+
+
 def format_table(runs: list[tuple[str, dict]]) -> str:
+    merges = [(run, r) for run, r in runs if "merged" in r]
+    runs = [(run, r) for run, r in runs if "merged" not in r]
+    parts = [format_merge_table(merges)] if merges else []
+    if runs or not merges:
+        parts.insert(0, _barrier_table(runs))
+    return "\n\n".join(parts)
+
+
+def _barrier_table(runs: list[tuple[str, dict]]) -> str:
     header = ["run", "method", *(f"barrier {c}" for c in COLUMNS), "align s"]
     rows = [row for run, results in runs for row in _rows(run, results)]
     if not rows:
         return "no barriers found"
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(header), sep, *(fmt(r) for r in rows)])
+    return _table(header, rows)
 
 
 def report_dirs(dirs: list[str]) -> str:
@@ -70,7 +98,8 @@ def report_dirs(dirs: list[str]) -> str:
     for d in dirs:
         found = find_results(d)
         if not found:
-            raise UserError(f"lmc report: no results.json in {d} or its sub-directories "
-                            "(is the run finished?)")
+            raise UserError(
+                f"lmc report: no results.json in {d} or its sub-directories (is the run finished?)"
+            )
         runs.extend(found)
     return format_table(runs)

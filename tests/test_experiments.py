@@ -1,0 +1,88 @@
+import json
+
+import pytest
+from conftest import small_config
+
+from lmc.errors import UserError
+from lmc.experiments import run_experiment
+
+
+def test_instability_points_and_plot(tmp_path):
+    c = small_config(
+        experiment="instability",
+        **{
+            "spawn.mode": "spawn",
+            "spawn.child_seeds": (1, 2, 3, 4),
+            "instability.spawn_steps": (0, 20),
+            "instability.num_pairs": 2,
+            "eval.methods": ("naive",),
+        },
+    )
+    results = run_experiment(c, tmp_path)
+    assert [p["spawn_step"] for p in results["points"]] == [0, 20]
+    for point in results["points"]:
+        summary = point["methods"]["naive"]
+        assert summary["num_pairs"] == 2
+        assert set(summary["barrier_mean"]) == {
+            "train_loss",
+            "train_error",
+            "test_loss",
+            "test_error",
+        }
+        assert len(point["pairs"]) == 2
+    assert (tmp_path / "barrier_vs_k.png").stat().st_size > 10_000
+    # One parent, trained only to the last spawn step, keeping every spawn step.
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "parent" / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert 0 in steps and 20 in steps and max(steps) == 20
+    assert json.loads((tmp_path / "results.json").read_text())["complete"]
+
+
+def test_width_points(tmp_path):
+    c = small_config(experiment="width", **{"width.multipliers": (0.5, 1.0), "num_steps": 20})
+    results = run_experiment(c, tmp_path)
+    assert [p["model_width"] for p in results["points"]] == [16, 32]
+    assert set(results["points"][0]["methods"]) == {"naive", "weight_matching"}
+    assert (tmp_path / "barrier_vs_width.png").exists()
+
+
+def test_failed_method_is_recorded_and_others_survive(tmp_path, monkeypatch):
+    from lmc.experiments import common
+
+    real = common.align_endpoint
+
+    def broken(base, *args, **kwargs):
+        if base == "weight_matching":
+            raise RuntimeError("solver exploded")
+        return real(base, *args, **kwargs)
+
+    monkeypatch.setattr(common, "align_endpoint", broken)
+    c = small_config(num_steps=10)
+    results = run_experiment(c, tmp_path)
+    assert "solver exploded" in results["methods"]["weight_matching"]["error"]
+    assert "barrier" in results["methods"]["naive"]
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"experiment": "instability"}, "spawn.mode='spawn'"),
+        (
+            {
+                "experiment": "instability",
+                "spawn.mode": "spawn",
+                "instability.spawn_steps": (0, 5),
+                "instability.num_pairs": 2,
+            },
+            "child seeds",
+        ),
+        ({"experiment": "width", "width.multipliers": (0.5, -1.0)}, "positive"),
+        ({"experiment": "merge_many", "merge.num_models": 5}, "needs 5 seeds"),
+        ({"experiment": "nope"}, "valid experiments"),
+    ],
+)
+def test_sweep_experiment_config_errors(tmp_path, overrides, match):
+    with pytest.raises(UserError, match=match):
+        run_experiment(small_config(**overrides), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
