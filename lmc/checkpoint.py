@@ -4,6 +4,12 @@ Layout: `<run_dir>/checkpoints/<step>/` written by Orbax's CheckpointManager, wh
 writes each step to a temporary directory and renames it when complete, so a crash
 mid-save never leaves a step that looks finished. On top of that we verify that a
 step restores, and fall back to the newest intact one (see `restore_latest`).
+
+Multi-process runs save and restore collectively: every process calls `save` and
+`restore` with the same global arrays (each writes or reads its own shards, process
+0 the metadata), and the checkpoint directory must be on storage all processes see.
+A checkpoint restores onto whatever shardings the target has, so one written by N
+processes restores in a 1-process run and vice versa.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def save(self, step: int, state, force: bool = False) -> bool:
         saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
@@ -62,8 +70,23 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def restore(self, step: int, target=None):
-        args = ocp.args.StandardRestore(_abstract(target) if target is not None else None)
-        return self.manager.restore(int(step), args=args)
+        """The state at `step`, laid out like `target` (arrays or ShapeDtypeStructs with
+        shardings); without a target, as single-device arrays on this process's first
+        local device, whatever topology wrote the checkpoint."""
+        if target is None:
+            target = self._local_target(step)
+        return self.manager.restore(int(step), args=ocp.args.StandardRestore(_abstract(target)))
+
+    def _local_target(self, step: int):
+        metadata = self.manager.item_metadata(int(step))
+        tree = getattr(metadata, "item_metadata", metadata)
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+        return jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local) if is_array(m) else m,
+            tree,
+            is_leaf=is_array,
+        )
 
     def restore_latest(self, target=None):
         """(step, state) of the newest step that restores cleanly, or (None, None).
@@ -92,6 +115,11 @@ class Checkpointer:
             if dst.exists():
                 shutil.rmtree(dst)
             shutil.move(str(src), str(dst))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # The others must not list the step again before process 0 has moved it.
+            multihost_utils.sync_global_devices(f"lmc_quarantine_{self.directory}_{step}")
         self.manager.reload()
 
     def close(self) -> None:

@@ -51,6 +51,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Child i uses seed child_seeds[i] for its data order and augmentation (and, in
     # independent mode, its init). Equal seeds give identical children.
     c.spawn.child_seeds = (1, 2)
+    # Train the children together as one vmapped population (one jitted step for all;
+    # faster for small models, see benchmarks/bench_population.py).
+    c.spawn.population = False
+
+    # Device mesh for data parallelism (lmc.sharding): batch split over data x fsdp
+    # devices; data=-1 takes every device; fsdp>1 shards arrays >= fsdp_min_size.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.fsdp_min_size = 2**16
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0: only the spawn step(s) and the end

@@ -71,7 +71,7 @@ def train_parent(config, workdir: Path, model: Model, dataset: Dataset, spawn_st
 def load_parent(config, workdir: Path, model: Model, dataset: Dataset, step: int) -> dict:
     optimizer = make_optimizer_for(config, total_steps(config, dataset))
     template = init_state(model, optimizer, parent_seeds(config).init, dataset.train_x[:1])
-    ckpt = Checkpointer(workdir / "parent" / "checkpoints", every_steps=1, read_only=True)
+    ckpt = Checkpointer(workdir / "parent" / "checkpoints", every_steps=1)
     try:
         if step not in ckpt.steps():
             raise UserError(
@@ -120,10 +120,50 @@ def make_siblings(
     workdir = Path(workdir)
     k = int(config.spawn.step)
     validate(config, dataset, [k])
-    if config.spawn.mode == "spawn":
+    spawned = config.spawn.mode == "spawn"
+    if spawned:
         train_parent(config, workdir, model, dataset, [k])
-        return [train_child(config, workdir, model, dataset, i, k) for i in range(num_children)]
-    return [train_child(config, workdir, model, dataset, i, None) for i in range(num_children)]
+    if config.spawn.get("population", False):
+        _train_as_population(config, workdir, model, dataset, num_children, k if spawned else None)
+    return [
+        train_child(config, workdir, model, dataset, i, k if spawned else None)
+        for i in range(num_children)
+    ]
+
+
+def _train_as_population(
+    config, workdir: Path, model, dataset, num_children: int, spawn_step: int | None
+) -> None:
+    """Train the children that are not finished yet as one vmapped population, then
+    store each child's final state as its own checkpoint, so everything downstream
+    (and every rerun) sees ordinary child runs."""
+    from lmc.population import train_population
+
+    final = total_steps(config, dataset)
+    todo = [
+        i
+        for i in range(num_children)
+        if not (workdir / f"child_{i}" / "checkpoints" / str(final)).is_dir()
+    ]
+    if not todo:
+        return
+    start = (
+        load_parent(config, workdir, model, dataset, spawn_step) if spawn_step is not None else None
+    )
+    states = train_population(
+        model=model,
+        dataset=dataset,
+        config=config,
+        run_dir=workdir / "population",
+        seeds=[child_seeds(config, i) for i in todo],
+        start_state=start,
+    )
+    for i, state in zip(todo, states, strict=True):
+        ckpt = Checkpointer(workdir / f"child_{i}" / "checkpoints", every_steps=final)
+        try:
+            ckpt.save(final, state, force=True)
+        finally:
+            ckpt.close()
 
 
 def endpoint(state: dict) -> dict:

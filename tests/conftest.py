@@ -27,6 +27,9 @@ def small_config(**overrides) -> ml_collections.ConfigDict:
     c.eval.train_subset = 256
     c.eval.batch_size = 128
     c.align.max_iter = 20
+    # One device: the 8 fake CPU devices would make every tiny test 8-way data
+    # parallel (4x the CPU time); sharding tests build their own meshes.
+    c.mesh.data = 1
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split(".")

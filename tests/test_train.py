@@ -132,3 +132,17 @@ def test_default_digits_mlp_reaches_95_percent(tmp_path):
         model.apply, state["params"], state["model_state"], ds.test_x, ds.test_y
     )
     assert test["error"] <= 0.05, test
+
+
+def test_population_training_matches_sequential_children(tmp_path):
+    c = small_config(**{"spawn.mode": "spawn", "spawn.step": 10, "spawn.child_seeds": (1, 2, 3)})
+    ds, model = _setup(c)
+    spawn.train_parent(c, tmp_path / "seq", model, ds, [10])
+    sequential = [spawn.train_child(c, tmp_path / "seq", model, ds, i, 10) for i in range(3)]
+    c.spawn.population = True
+    together = spawn.make_siblings(c, tmp_path / "pop", model, ds, num_children=3)
+    assert (tmp_path / "pop" / "population" / "checkpoints").is_dir()
+    for a, b in zip(sequential, together, strict=True):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+                     a["params"], b["params"])
+    assert _trees_differ(together[0]["params"], together[1]["params"])

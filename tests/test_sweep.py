@@ -1,0 +1,193 @@
+"""`lmc sweep`: points from a config's sweep(), validation, lock, kill and resume."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmc import cli, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+from lmc.config_base import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.data.name = "synthetic"
+    c.model.width, c.model.depth = 32, 2
+    c.batch_size = 32
+    c.num_steps = 20
+    c.progress = False
+    c.spawn.mode = "spawn"
+    c.eval.methods = ("naive",)
+    c.eval.num_alphas = 3
+    c.eval.train_subset = 256
+    c.eval.batch_size = 128
+    return c
+
+
+def sweep():
+    for k in (0, 10):
+        for seed in (0, 1):
+            yield {POINT}
+"""
+
+
+def _config_file(tmp_path, point='{"spawn.step": k, "seed": seed}', body=CONFIG) -> str:
+    path = tmp_path / "sweep_cfg.py"
+    path.write_text(body.replace("{POINT}", point))
+    return str(path)
+
+
+def _main(*args) -> int:
+    return cli.main(["lmc", "sweep", *args])
+
+
+def test_print_gives_one_lmc_run_per_point_with_forwarded_overrides(tmp_path, capsys):
+    cfg = _config_file(tmp_path)
+    rc = _main(f"--config={cfg}", f"--workdir={tmp_path / 'w'}", "--print",
+               "--config.align.seed=3", "--config.seed", "7")  # fmt: skip
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    argv = shlex.split(lines[2])
+    assert argv[:3] == ["lmc", "run", f"--config={cfg}"]
+    assert argv[3] == f"--workdir={tmp_path / 'w' / 'spawn.step=10,seed=0'}"
+    # Base overrides first, the point's last (so the point wins over --config.seed=7).
+    assert argv[4:] == ["--config.align.seed=3", "--config.seed=7", "--config.spawn.step=10",
+                        "--config.seed=0"]  # fmt: skip
+    assert not (tmp_path / "w").exists()  # --print runs nothing
+
+
+def test_tuple_and_string_values_round_trip_through_the_command_line(tmp_path, capsys):
+    cfg = _config_file(
+        tmp_path,
+        point='{"spawn.child_seeds": (seed, k + 5), '
+        '"data.name": "synthetic", "eval.methods": ["naive"]}',
+    )
+    assert _main(f"--config={cfg}", f"--workdir={tmp_path / 'w'}", "--print") == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "--config.spawn.child_seeds=(1, 5)" in shlex.split(line)
+    assert "spawn.child_seeds=1-5,data.name=synthetic,eval.methods=naive" in line
+
+
+@pytest.mark.parametrize(
+    "point, message",
+    [
+        (
+            '{"spawn.stepp": k}',
+            "'spawn.stepp' is not a config key .*valid there: child_seeds, mode, .*step",
+        ),
+        ('{"nosuch.step": k}', "'nosuch.step' is not a config key"),
+        ('{"spawn": k}', "'spawn' is a config group"),
+        ('{"num_steps": "many"}', "sweep point 0 .*num_steps"),
+        ('{"seed": 1}', "repeats point 0"),
+    ],
+)
+def test_bad_sweep_points_error_before_launching_anything(tmp_path, capsys, point, message):
+    cfg = _config_file(tmp_path, point=point)
+    workdir = tmp_path / "w"
+    assert _main(f"--config={cfg}", f"--workdir={workdir}") == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "lmc: error:" in err and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not workdir.exists()
+
+
+def test_config_without_sweep_function_is_a_user_error(tmp_path, capsys):
+    rc = _main("--config=configs/default.py", f"--workdir={tmp_path / 'w'}")
+    assert rc == cli.EXIT_USER_ERROR
+    assert "defines no sweep()" in capsys.readouterr().err
+
+
+def test_second_sweep_on_the_same_dir_is_refused(tmp_path, capsys):
+    cfg = _config_file(tmp_path)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    with sweep._lock(workdir):  # another sweep holds DIR/.sweep.lock
+        assert _main(f"--config={cfg}", f"--workdir={workdir}") == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "another `lmc sweep` is running on" in err and f"pid {os.getpid()}" in err
+    assert not any(workdir.glob("spawn.step=*"))
+
+
+def test_instability_config_sweep_points_are_valid(capsys):
+    path = ROOT / "configs" / "instability_mlp_fashion_mnist.py"
+    if not path.exists():
+        pytest.skip("no instability config")
+    assert _main(f"--config={path}", "--workdir=runs/x", "--print") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("lmc run ") for line in lines)
+
+
+def test_point_names_and_forwarded_flags():
+    assert sweep.point_name({"spawn.step": 500, "seed": 1}) == "spawn.step=500,seed=1"
+    assert sweep.point_name({"data.name": "tfds:mnist/x y"}) == "data.name=tfds-mnist-x-y"
+    long = sweep.point_name({"k": "x" * 300})
+    assert len(long) <= 120 and long != sweep.point_name({"k": "x" * 301})
+    argv = ["lmc sweep", "--config=c.py", "--workdir=w", "--parallel=2", "--config.a=1",
+            "--config.b", "2", "--overwrite", "--print", "--process_id", "1"]  # fmt: skip
+    assert sweep.forwarded_args(argv) == ["--config.a=1", "--config.b=2", "--overwrite",
+                                          "--process_id=1"]  # fmt: skip
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find orphans")
+def test_sweep_runs_all_points_survives_a_kill_and_resumes(tmp_path, capsys):
+    cfg = _config_file(tmp_path)
+    workdir = tmp_path / "sweep"
+    args = [f"--config={cfg}", f"--workdir={workdir}", "--parallel=2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    first = subprocess.Popen([sys.executable, "-m", "lmc.cli", "sweep", *args], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(workdir.glob("*/results.json")):
+        assert first.poll() is None, first.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no point finished in time"
+        time.sleep(0.2)
+    first.kill()  # SIGKILL: no chance to clean up
+    first.wait()
+    # The running points die with it (parent-death signal): nothing keeps writing.
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(workdir)):
+        assert time.monotonic() < deadline, "points outlived the killed sweep"
+        time.sleep(0.2)
+    killed = json.loads((workdir / "sweep.json").read_text())
+    assert killed["complete"] is False
+
+    assert _main(*args) == 0  # in-process driver; the points are subprocesses
+    captured = capsys.readouterr()
+    summary = json.loads((workdir / "sweep.json").read_text())
+    assert summary["complete"] is True
+    statuses = {p["name"]: p["status"] for p in summary["points"]}
+    assert set(statuses) == {f"spawn.step={k},seed={s}" for k in (0, 10) for s in (0, 1)}
+    assert "skipped" in statuses.values() and set(statuses.values()) <= {"skipped", "done"}
+    for name in statuses:
+        results = json.loads((workdir / name / "results.json").read_text())
+        assert results["complete"] and results["config"]["spawn"]["step"] in (0, 10)
+    assert captured.out.count("| naive") == 4  # the report table
+    # A third run finds everything done and runs nothing.
+    assert _main(*args) == 0
+    assert "4 already done, 0 to run" in capsys.readouterr().err
+    assert cli.main(["lmc", "report", str(workdir)]) == 0
+    assert capsys.readouterr().out.count("| naive") == 4
