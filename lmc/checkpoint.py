@@ -63,7 +63,32 @@ class Checkpointer:
     def save(self, step: int, state, force: bool = False) -> bool:
         saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
         self.manager.wait_until_finished()
+        if saved:
+            self._write_digest(int(step), state)
         return bool(saved)
+
+    # Orbax's atomic rename protects against crashes mid-save, not against bytes that
+    # change later (a truncated copy, a flipped block on a shared filesystem): those can
+    # restore "successfully" into wrong numbers. A digest of the state, written after
+    # the step is final and checked on restore, turns that into a detected corruption.
+    def _digest_path(self, step: int) -> Path:
+        return self.directory.parent / "checkpoint_digests" / f"{step}.sha256"
+
+    def _write_digest(self, step: int, state) -> None:
+        digest = state_digest(state)
+        if digest is not None and jax.process_index() == 0:
+            from lmc.io import write_bytes_atomic
+
+            write_bytes_atomic(self._digest_path(step), digest.encode())
+
+    def _verify_digest(self, step: int, state) -> None:
+        path = self._digest_path(step)
+        if not path.exists():  # written by an older lmc, or a crash right after the save
+            return
+        expected = path.read_text().strip()
+        actual = state_digest(state)
+        if actual is not None and actual != expected:
+            raise ValueError(f"content digest mismatch ({actual[:12]} != {expected[:12]})")
 
     def steps(self) -> list[int]:
         self.manager.reload()
@@ -91,12 +116,16 @@ class Checkpointer:
     def restore_latest(self, target=None):
         """(step, state) of the newest step that restores cleanly, or (None, None).
 
-        A step that fails to restore (truncated file, deleted array) is moved aside to
-        `<dir>/corrupt/<step>` with a warning, so it is neither loaded nor retried.
+        A step that fails to restore (truncated file, deleted array) or whose content
+        does not match the digest written at save time is moved aside to
+        `<run_dir>/corrupt_checkpoints/<step>` with a warning, so it is neither loaded
+        nor retried, and the next older step is tried: never a mix of two steps.
         """
         for step in reversed(self.steps()):
             try:
-                return step, self.restore(step, target)
+                state = self.restore(step, target)
+                self._verify_digest(step, state)
+                return step, state
             except Exception as e:  # Orbax/tensorstore raise many types for bad files.
                 log.warning(
                     "checkpoint step %d in %s is unreadable (%s); falling back",
@@ -124,6 +153,25 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def state_digest(state) -> str | None:
+    """sha256 over every leaf's path, dtype, shape and bytes; None when some array is
+    not fully addressable from this process (multi-host sharded state)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return None
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        arr = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def _abstract(tree):

@@ -125,8 +125,10 @@ def cmd_run(argv: list[str]) -> int:
     fv = _parse(argv, _define_run_flags)
     config, config_file, workdir = _config_and_workdir(fv)
     _quiet_libraries()
-    from lmc import distributed
+    from lmc import distributed, preemption
     from lmc.experiments import run_experiment
+
+    preemption.install()
 
     distributed.maybe_initialize(fv.coordinator, fv.num_processes, fv.process_id)
     results = run_experiment(config, workdir, overwrite=fv.overwrite, config_file=config_file)
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if len(argv) >= 2 else EXIT_USER_ERROR
     command = argv[1]
+    from lmc.preemption import Preempted
     from lmc.train import DivergenceError
 
     try:
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"lmc: diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Preempted as e:
+        print(f"lmc: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

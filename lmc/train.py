@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from lmc import metrics as metrics_lib
+from lmc import preemption
 from lmc import sharding as sharding_lib
 from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset, crop_and_flip, steps_per_epoch
@@ -188,14 +189,18 @@ class MetricsWriter:
         a resumed run's metrics file equals an uninterrupted run's."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line cut short by a crash counts as past every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return float("inf")
 
 
 def train(
@@ -320,6 +325,11 @@ def _run_steps(
             in_flight.append(step_metrics["loss"])
             if len(in_flight) > MAX_STEPS_IN_FLIGHT:
                 in_flight.popleft().block_until_ready()
+            if preemption.requested(step) and step < stop_step:
+                _check_finite(state, name)
+                if step not in checkpointer.steps():
+                    checkpointer.save(step, state, force=True)
+                raise preemption.Preempted(step, name)
             will_save = checkpointer.manager.should_save(step) and step < stop_step
             if step % log_every == 0 or step % eval_every == 0 or will_save or step == stop_step:
                 _check_finite(state, name)
