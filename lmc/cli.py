@@ -131,11 +131,11 @@ def cmd_run(argv: list[str]) -> int:
     preemption.install()
 
     distributed.maybe_initialize(fv.coordinator, fv.num_processes, fv.process_id)
-    results = run_experiment(config, workdir, overwrite=fv.overwrite, config_file=config_file)
-    from lmc.report import format_table
+    run_experiment(config, workdir, overwrite=fv.overwrite, config_file=config_file)
+    from lmc.report import report_dirs
 
     if distributed.is_main_process():
-        print(format_table([(workdir, results)]))
+        print(report_dirs([workdir]))
         print(f"\nwrote {os.path.join(workdir, 'results.json')}")
     return 0
 

@@ -94,6 +94,12 @@ def _barrier_table(runs: list[tuple[str, dict]]) -> str:
 
 
 def report_dirs(dirs: list[str]) -> str:
+    extra = []
+    for d in dirs:
+        # Experiments with their own table shape (lm_code_vs_prose) write table.md.
+        table = Path(d) / "table.md"
+        if table.exists():
+            extra.append(f"{d}:\n{table.read_text().strip()}")
     runs = []
     for d in dirs:
         found = find_results(d)
@@ -102,4 +108,5 @@ def report_dirs(dirs: list[str]) -> str:
                 f"lmc report: no results.json in {d} or its sub-directories (is the run finished?)"
             )
         runs.extend(found)
-    return format_table(runs)
+    tabled = [(run, r) for run, r in runs if "methods" in r or "points" in r or "merged" in r]
+    return "\n\n".join(([format_table(tabled)] if tabled or not extra else []) + extra)

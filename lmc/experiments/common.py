@@ -19,6 +19,11 @@ NORM_SUFFIXES = ("", "reset", "repair")
 
 
 def load_data(config) -> data_lib.Dataset:
+    if str(config.data.name).startswith("text:"):
+        # Text sources take their options (context, held-out fraction, ...) from config.data.
+        from lmc.experiments.lm_common import load_data as load_text
+
+        return load_text(config)
     return data_lib.load(config.data.name, config.data.get("dir") or None)
 
 
