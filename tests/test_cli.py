@@ -49,6 +49,23 @@ def run_cli(*args, cwd=ROOT):
         (["run", "--config.batch_size=0"], "batch_size"),
         (["run", "--config.eval.methods=('naive+reset',)"], "+reset"),
         (["report"], "at least one workdir"),
+        (["report", "/nonexistent/dir"], "is not a directory"),
+        (
+            ["run", "--config.data.name=fashion_mnist", "--config.data.dir=/nonexistent"],
+            "does not exist",
+        ),
+        (["run", "--config.data.name=cifar10"], "needs config.data.dir"),
+        (["run", "--config.model.width=-5"], "width must be positive"),
+        (["run", "--config.optimizer.schedule=exp"], "valid schedules"),
+        (["run", "--config.optimizer.learning_rate=-1.0"], "learning_rate must be positive"),
+        (["run", "--config.experiment=bogus"], "valid experiments"),
+        (["run", "--config.num_steps=-3"], "training length must be positive"),
+        (["run", "--config.spawn.mode=weird"], "valid spawn modes"),
+        (["run", "--config.spawn.child_seeds=(1,)"], "child_seeds has 1 entries"),
+        (["run", "--config.mesh.data=3"], "mesh"),
+        (["run", "--config.model.width=abc"], "invalid literal for int"),
+        (["run", "stray_argument"], "unexpected arguments"),
+        (["run", "--no_such_flag=1"], "no_such_flag"),
     ],
 )
 def test_user_errors_exit_2_with_message(tmp_path, capsys, args, message):
