@@ -156,20 +156,23 @@ class Checkpointer:
 
 
 def state_digest(state) -> str | None:
-    """sha256 over every leaf's path, dtype, shape and bytes; None when some array is
-    not fully addressable from this process (multi-host sharded state)."""
+    """sha256 over every leaf's dtype, shape and bytes in tree order; None when some
+    array is not fully addressable from this process (multi-host sharded state).
+
+    Paths are left out on purpose: a state restored without a target comes back with
+    optax's namedtuples as plain containers, same leaves in the same order."""
     import hashlib
 
     import numpy as np
 
     h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    for leaf in jax.tree_util.tree_leaves(state):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             return None
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
         arr = np.asarray(leaf)
-        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+        h.update(f"{arr.dtype}|{arr.shape}|".encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
 

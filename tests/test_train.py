@@ -126,6 +126,7 @@ def test_default_digits_mlp_reaches_95_percent(tmp_path):
 
     c = default.get_config()
     c.progress = False
+    c.mesh.data = 1
     ds, model = _setup(c)
     state = train(model=model, dataset=ds, config=c, run_dir=tmp_path, seeds=Seeds(1, 1, 1))
     test = metrics.evaluate(

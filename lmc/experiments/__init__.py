@@ -25,6 +25,9 @@ EXPERIMENTS = {
     "instability": "lmc.experiments.instability",
     "width": "lmc.experiments.width",
     "merge_many": "lmc.experiments.merge_many",
+    "lm_pair": "lmc.experiments.lm_pair",
+    "lm_instability": "lmc.experiments.lm_instability",
+    "lm_code_vs_prose": "lmc.experiments.lm_code_vs_prose",
 }
 SCHEMA_VERSION = 1
 

@@ -91,17 +91,25 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         extra = {}
     else:
         batches = _align_batches(config, dataset, labels=True)
+
+        def midpoint_loss(tree, batch):
+            from lmc.metrics import cross_entropy
+
+            logits, _ = model.apply(tree["params"], tree["model_state"], batch[0], False)
+            return cross_entropy(logits, batch[1]).mean()
+
+        steps = int(config.align.ste_steps)
         perms, info = align.ste(
             spec,
-            model,
             ea,
             eb,
-            batches,
+            midpoint_loss,
+            (batches[i % len(batches)] for i in range(steps)),
             key=key,
-            steps=int(config.align.ste_steps),
+            steps=steps,
             max_iter=config.align.max_iter,
         )
-        extra = {"steps": int(config.align.ste_steps)}
+        extra = {"steps": steps, "sweeps": int(info.get("sweeps", 0))}
     aligned = align.apply_permutation(spec, perms, eb)
     extra["align_s"] = round(time.perf_counter() - t0, 3)
     return aligned, extra

@@ -76,7 +76,7 @@ def run(config, workdir: Path) -> dict:
     naive = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), 0), *ends)
     spec = align.spec_from_model(model, dataset.train_x[:2])
     t0 = time.perf_counter()
-    merged, info = align.merge_many(
+    merged, _, info = align.merge_many(
         spec, ends, key=jax.random.key(int(config.align.seed)), max_iter=int(config.align.max_iter)
     )
     align_s = time.perf_counter() - t0
