@@ -36,7 +36,11 @@ def load(name: str, directory: str | None = None, **options) -> Dataset:
         from lmc.data.tfds_source import load_tfds
 
         return load_tfds(name[len("tfds:") :], data_dir=directory)
-    valid = ", ".join((*IMAGE_SOURCES, "tfds:<name>"))
+    if name.startswith("text:"):
+        from lmc.data.text import load_text
+
+        return load_text(name[len("text:") :], directory, **options)
+    valid = ", ".join((*IMAGE_SOURCES, "tfds:<name>", "text:<code|prose|mixed|dir>"))
     raise UserError(f"unknown dataset {name!r}; valid datasets: {valid}")
 
 

@@ -21,10 +21,11 @@ from lmc.errors import UserError, choose
 from lmc.models.cnn import CNN
 from lmc.models.mlp import MLP
 from lmc.models.resnet import ResNet20
+from lmc.models.transformer import build_transformer
 from lmc.models.vgg import CONFIGS as VGG_CONFIGS
 from lmc.models.vgg import VGG
 
-MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet20")
+MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet20", "transformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +64,12 @@ def _positive(name: str, value) -> None:
         raise UserError(f"config.model.{name} must be positive, got {value!r}")
 
 
-def build(name: str, num_classes: int, width=None, depth=None, norm=None) -> Model:
-    """Build model `name`. `width` is units (mlp), base channels (cnn) or a multiplier."""
+def build(name: str, num_classes: int, width=None, depth=None, norm=None, **lm) -> Model:
+    """Build model `name`. `width` is units (mlp), base channels (cnn), a multiplier, or
+    d_model (transformer, which also takes heads, context, mlp_ratio, positions)."""
     choose("model", name, MODELS)
+    if name == "transformer":
+        return Model(name, build_transformer(num_classes, width, depth, norm, **lm))
     if name == "mlp":
         width, depth = width or 512, depth or 3
         _positive("width", width), _positive("depth", depth)
@@ -88,12 +92,14 @@ def build(name: str, num_classes: int, width=None, depth=None, norm=None) -> Mod
 
 
 def from_config(model_config, num_classes: int) -> Model:
+    lm = {k: model_config.get(k) for k in ("heads", "context", "mlp_ratio", "positions")}
     return build(
         model_config.name,
         num_classes,
         width=model_config.get("width"),
         depth=model_config.get("depth"),
         norm=model_config.get("norm"),
+        **(lm if model_config.name == "transformer" else {}),
     )
 
 

@@ -1,0 +1,44 @@
+"""Code vs prose: can a code-specialist and a prose-specialist byte LM be averaged?
+
+A 2-layer, width-128 byte-level transformer is trained on a 50/50 mixture of the
+Python standard library's sources (code) and the Python documentation's
+reStructuredText (prose). At each fork step k it is split into a code-only and a
+prose-only child, both trained to the same total step count; the children, their
+average, task arithmetic, the full interpolation path and a mixture model trained
+for the same number of steps are evaluated on held-out code and held-out prose files.
+k = 0 shares the init only; `lm.independent` adds a pair from different inits,
+averaged naively and after weight matching.
+
+Launch (8.6 minutes wall on 2 shared CPU cores, 7 training runs of <= 400 steps):
+
+    lmc run --config=configs/lm_code_vs_prose.py --workdir=runs/lm_code_vs_prose
+
+Writes results.json (per-domain loss / perplexity / bits per byte / error of every
+model), table.md and lm_code_vs_prose.png (per-domain loss along each path).
+
+Measured (one seed, mean held-out loss over both domains, nats/byte): mixture model
+2.20; fork at k=200 (half the steps shared): specialists 2.32 / 2.25, their average
+2.22; k=80: 2.41 / 2.34 -> 2.36; k=0 (shared init only): 2.45 / 2.37 -> 2.57;
+independent inits: 2.45 / 2.36 -> 3.34 naive, 3.27 after weight matching. Task
+arithmetic with s=1 is worse than the average at every k.
+
+Literature: model soups / BTM / task arithmetic (Wortsman et al. 2022, Li et al. 2022,
+Ilharco et al. 2023) average LMs that share a pretrained trunk; independently
+initialized transformers need alignment first (Verma & Elbayad 2024; Ainsworth et al.
+2022 report large barriers for unaligned nets).
+"""
+
+from lmc.experiments.lm_common import lm_base_config
+
+
+def get_config(arg: str | None = None):
+    del arg
+    c = lm_base_config()
+    c.experiment = "lm_code_vs_prose"
+    c.data.name = "text:mixed"
+    c.num_steps = 400
+    c.lm.spawn_steps = (0, 80, 200)
+    c.lm.scales = (0.5, 1.0)  # s = 0.5 is exactly the average (a built-in check)
+    c.lm.independent = True
+    c.spawn.child_seeds = (1, 2)  # code child's data seed; prose child's data (and init) seed
+    return c

@@ -1,0 +1,62 @@
+"""Permutation alignment: reconcile the hidden-unit order of two networks.
+
+    from lmc import align
+    spec = align.spec_from_model(model, x)                # derived from the jaxpr
+    spec = align.spec_from_function(apply_fn, params, x)  # any pure JAX function
+    perms, info = align.weight_matching(spec, params_a, params_b, key=jax.random.key(0))
+    tree_b2 = align.apply_permutation(spec, perms, {"params": params_b, "model_state": state_b})
+
+Conventions (see `lmc.align.spec`):
+- `perms` maps permutation name -> int array; permuting is `take(x, perm, axis)`,
+  so `perm[i]` is the unit of B that lands at position i (matched to A's unit i).
+- A spec's paths refer into the tree it was built for. `spec_from_model` and the
+  oracle specs use the combined tree {"params": ..., "model_state": ...}, so
+  BatchNorm running statistics permute with their channels. The matching methods
+  accept params alone (statistics are not weights); `apply_permutation` needs the
+  combined tree whenever the spec touches the model state.
+- Blocked axes (`AxisRef.inner`): an axis holding several factors, e.g. a dense
+  kernel after an NHWC flatten, is viewed as (outer, size, inner).
+
+Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`. Helpers:
+`identity`, `compose`, `inverse`, `random_permutations`. Hand-written oracle specs:
+`mlp_spec`, `cnn_spec`, `vgg_spec`, `resnet20_spec` (`oracle_spec(name, tree)`).
+"""
+
+from lmc.align import trace
+from lmc.align.activation_matching import activation_matching
+from lmc.align.merge_many import merge_many
+from lmc.align.oracle_specs import cnn_spec, mlp_spec, oracle_spec, resnet20_spec, vgg_spec
+from lmc.align.spec import (
+    AxisRef,
+    PermutationSpec,
+    apply_permutation,
+    compose,
+    identity,
+    inverse,
+    random_permutations,
+)
+from lmc.align.ste import ste
+from lmc.align.trace import spec_from_function, spec_from_model
+from lmc.align.weight_matching import weight_matching
+
+__all__ = [
+    "AxisRef",
+    "PermutationSpec",
+    "activation_matching",
+    "apply_permutation",
+    "cnn_spec",
+    "compose",
+    "identity",
+    "inverse",
+    "merge_many",
+    "mlp_spec",
+    "oracle_spec",
+    "random_permutations",
+    "resnet20_spec",
+    "spec_from_function",
+    "spec_from_model",
+    "ste",
+    "trace",
+    "vgg_spec",
+    "weight_matching",
+]

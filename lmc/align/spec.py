@@ -1,0 +1,311 @@
+"""Permutation specs: which array axes share a hidden-unit permutation.
+
+A `PermutationSpec` maps each permutation name to its size and to the `AxisRef`s it
+acts on. An `AxisRef(path, axis, inner)` names the leaf at `path` (a tuple of dict
+keys) and one of its axes. Most axes are permuted whole (`inner=1` and the axis has
+exactly `size` entries). A *blocked* axis holds several factors, e.g. the input axis
+of a dense layer after flattening an NHWC feature map has H*W*C entries with the
+channel as its fastest-varying factor. Such an axis is viewed as `(outer, size,
+inner)` and the permutation acts on the middle factor: the flatten case is
+`inner=1, outer=H*W`; a channel-major (NCHW) flatten would be `inner=H*W`.
+
+Convention (the one Git Re-Basin uses): `perm[i]` is the index in the *original*
+tree of the unit that ends up at position `i`, i.e. permuting is `take(x, perm)`.
+
+Trees. The spec's paths refer into whatever tree it was built for. For `lmc.models`
+(`spec_from_model`, the oracle specs) that is the combined tree
+`{"params": params, "model_state": model_state}`, so BatchNorm running statistics are
+permuted with their channels. `apply_permutation` requires that combined tree when
+the spec touches the model state; given only `params` it works for specs that do
+not (and `spec.subtree("params")` makes the restriction explicit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmc.errors import UserError
+
+Path = tuple[str, ...]
+COMBINED_KEYS = ("params", "model_state")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class AxisRef:
+    """Axis `axis` of the leaf at `path`, viewed as (outer, size, inner) when blocked."""
+
+    path: Path
+    axis: int
+    inner: int = 1
+
+    def __str__(self) -> str:
+        block = "" if self.inner == 1 else f" (block inner={self.inner})"
+        return f"{'/'.join(map(str, self.path))}[{self.axis}]{block}"
+
+
+def _as_ref(ref: Any) -> AxisRef:
+    if isinstance(ref, AxisRef):
+        return ref
+    path, axis, *rest = ref
+    if isinstance(path, str):
+        path = tuple(path.split("/"))
+    return AxisRef(tuple(path), int(axis), int(rest[0]) if rest else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PermutationSpec:
+    """Permutation name -> size, and name -> the axes it permutes.
+
+    `notes` records why axes were pinned (unknown primitives etc.); it does not take
+    part in equality. Build one by hand with `PermutationSpec.from_axes`.
+    """
+
+    sizes: Mapping[str, int]
+    axes: Mapping[str, tuple[AxisRef, ...]]
+    notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+    @classmethod
+    def from_axes(cls, axes: Mapping[str, Iterable[Any]], sizes: Mapping[str, int] | None = None,
+                  notes: Iterable[str] = ()) -> PermutationSpec:
+        """`axes`: name -> [(path, axis[, inner]), ...] with path a tuple or 'a/b/c'.
+
+        Without `sizes` every permutation must have an unblocked axis; sizes are then
+        checked against the tree when the spec is used.
+        """
+        refs = {name: tuple(_as_ref(r) for r in rs) for name, rs in axes.items()}
+        return cls(dict(sizes or {}), refs, tuple(notes))
+
+    def __post_init__(self):
+        for name, refs in self.axes.items():
+            seen = set()
+            for r in refs:
+                if (r.path, r.axis, r.inner) in seen:
+                    raise UserError(f"permutation {name!r} lists axis {r} twice")
+                seen.add((r.path, r.axis, r.inner))
+
+    # ---- views -------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.axes)
+
+    def by_leaf(self) -> dict[Path, list[tuple[str, AxisRef]]]:
+        """path -> [(perm name, AxisRef), ...]: the permutations acting on each leaf."""
+        out: dict[Path, list[tuple[str, AxisRef]]] = {}
+        for name, refs in self.axes.items():
+            for r in refs:
+                out.setdefault(r.path, []).append((name, r))
+        return out
+
+    def subtree(self, key: str) -> PermutationSpec:
+        """The spec restricted to `tree[key]`, paths relative to it (e.g. 'params')."""
+        axes = {}
+        for name, refs in self.axes.items():
+            kept = tuple(AxisRef(r.path[1:], r.axis, r.inner) for r in refs if r.path[0] == key)
+            if kept:
+                axes[name] = kept
+        sizes = {n: s for n, s in self.sizes.items() if n in axes}
+        return PermutationSpec(sizes, axes, self.notes)
+
+    def is_combined(self) -> bool:
+        """True if the paths refer into {'params': ..., 'model_state': ...}."""
+        roots = {r.path[0] for refs in self.axes.values() for r in refs if r.path}
+        return bool(roots) and "params" in roots and roots <= set(COMBINED_KEYS)
+
+    def canonical(self) -> dict[frozenset, int | None]:
+        """Name-free form: the set of axes of each permutation -> its size (or None)."""
+        return {frozenset(refs): self.sizes.get(n) for n, refs in self.axes.items()}
+
+    def equivalent(self, other: PermutationSpec) -> bool:
+        """Equal up to names (sizes are compared where both specs state them)."""
+        mine, theirs = self.canonical(), other.canonical()
+        return mine.keys() == theirs.keys() and all(
+            mine[k] is None or theirs[k] is None or mine[k] == theirs[k] for k in mine)
+
+    def diff(self, other: PermutationSpec) -> str:
+        """Human-readable difference (for test failures), '' if equivalent."""
+        mine, theirs = self.canonical(), other.canonical()
+        lines = []
+        for label, a, b in (("left ", mine, theirs), ("right", theirs, mine)):
+            for refs in sorted(a.keys() - b.keys(), key=lambda r: sorted(r)):
+                lines.append(f"only in {label} (size {a[refs]}): {', '.join(map(str, sorted(refs)))}")
+        for refs in mine.keys() & theirs.keys():
+            if None not in (mine[refs], theirs[refs]) and mine[refs] != theirs[refs]:
+                lines.append(f"sizes differ ({mine[refs]} vs {theirs[refs]}): {sorted(refs)[0]}")
+        return "\n".join(lines)
+
+    def table(self) -> str:
+        """One row per permutation: name, size, the axes it acts on."""
+        width = max([len(n) for n in self.axes] + [len("permutation")])
+        rows = [f"{'permutation':<{width}}  {'size':>6}  axes"] if self.axes else ["(no permutable axes)"]
+        for name, refs in self.axes.items():
+            size = self.sizes.get(name, "?")
+            rows.append(f"{name:<{width}}  {size:>6}  {', '.join(map(str, refs))}")
+        if self.notes:
+            rows.append("notes:")
+            rows.extend(f"  {n}" for n in self.notes)
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        perms = ", ".join(f"{n}[{self.sizes.get(n, '?')}]" for n in self.axes)
+        count = sum(len(r) for r in self.axes.values())
+        return f"PermutationSpec({len(self.axes)} permutations over {count} axes: {perms})"
+
+
+# ---- trees ------------------------------------------------------------------------
+def get_leaf(tree: Any, path: Path) -> Any:
+    """The leaf at `path` (dict keys; list/tuple indices also work). KeyError if absent."""
+    node = tree
+    for key in path:
+        if isinstance(node, Mapping) and key in node:
+            node = node[key]
+        elif isinstance(node, (list, tuple)) and isinstance(key, int) and -len(node) <= key < len(node):
+            node = node[key]
+        else:
+            raise KeyError(path)
+    return node
+
+
+def set_leaves(tree: Any, updates: Mapping[Path, Any]) -> Any:
+    """A copy of `tree` with the leaves at `updates`' paths replaced (inputs untouched)."""
+    if not updates:
+        return tree
+    if () in updates:
+        return updates[()]
+    heads: dict[Any, dict[Path, Any]] = {}
+    for path, value in updates.items():
+        heads.setdefault(path[0], {})[path[1:]] = value
+    if isinstance(tree, (list, tuple)):
+        out = list(tree)
+        for key, sub in heads.items():
+            out[key] = set_leaves(tree[key], sub)
+        return type(tree)(out) if isinstance(tree, list) else tuple(out)
+    out = dict(tree)
+    for key, sub in heads.items():
+        out[key] = set_leaves(tree[key], sub)
+    return out
+
+
+def resolve(spec: PermutationSpec, tree: Any, *, for_weights: bool = False) -> tuple[PermutationSpec, Any]:
+    """The spec and tree to use together, accepting `params` alone for a combined spec.
+
+    For weights (`for_weights=True`) a combined spec always reduces to its 'params'
+    part: running statistics are permuted with their channels but are not weights.
+    """
+    if spec.is_combined():
+        has_combined = isinstance(tree, Mapping) and "params" in tree
+        if for_weights:
+            return spec.subtree("params"), tree["params"] if has_combined else tree
+        if not has_combined:
+            state_refs = spec.subtree("model_state").axes
+            if state_refs:
+                raise UserError(
+                    "this spec also permutes the model state (BatchNorm statistics); pass the "
+                    "combined tree {'params': params, 'model_state': model_state}, or use "
+                    "spec.subtree('params') if you really mean to leave the statistics unpermuted"
+                )
+            return spec.subtree("params"), tree
+    return spec, tree
+
+
+def check_sizes(spec: PermutationSpec, tree: Any) -> dict[str, int]:
+    """Sizes of every permutation, checked against the tree's shapes (UserError if not)."""
+    sizes = dict(spec.sizes)
+    for name, refs in spec.axes.items():
+        for r in refs:
+            try:
+                shape = np.shape(get_leaf(tree, r.path))
+            except KeyError:
+                raise UserError(
+                    f"permutation {name!r} refers to {'/'.join(map(str, r.path))!r}, which is not in the tree"
+                ) from None
+            if not -len(shape) <= r.axis < len(shape):
+                raise UserError(
+                    f"permutation {name!r}: {'/'.join(map(str, r.path))!r} has shape {shape}, no axis {r.axis}"
+                )
+            dim = shape[r.axis]
+            if name not in sizes and r.inner == 1:
+                sizes[name] = dim
+            size = sizes.get(name)
+            if size is not None and dim % (size * r.inner) != 0:
+                raise UserError(
+                    f"permutation {name!r} has size {size} but {'/'.join(map(str, r.path))!r} has shape "
+                    f"{shape}: axis {r.axis} (inner block {r.inner}) does not fit"
+                )
+        if name not in sizes:
+            raise UserError(f"permutation {name!r}: size unknown (give it in `sizes`)")
+    return sizes
+
+
+def _permute_axis(x, perm, axis: int, inner: int):
+    # NumPy leaves stay on the host (no per-shape compilation); JAX leaves use jnp.
+    xp = np if isinstance(x, np.ndarray) else jnp
+    shape = x.shape
+    axis = axis % x.ndim
+    n = perm.shape[0]
+    if inner == 1 and shape[axis] == n:
+        return xp.take(x, perm, axis=axis)
+    blocked = (*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :])
+    return xp.take(x.reshape(blocked), perm, axis=axis + 1).reshape(shape)
+
+
+def permute_leaf(x, leaf_refs: Iterable[tuple[str, AxisRef]], perms: Mapping[str, Any], skip=None):
+    """Apply every permutation acting on one leaf, except the (name, ref) in `skip`."""
+    for name, r in leaf_refs:
+        if (name, r) != skip:
+            x = _permute_axis(x, perms[name], r.axis, r.inner)
+    return x
+
+
+def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], tree: Any) -> Any:
+    """`tree` with every spec'd axis permuted: out[..., i, ...] = tree[..., perm[i], ...].
+
+    Leaves keep their kind: NumPy arrays are permuted on the host, JAX arrays with jnp.
+    """
+    spec, tree = resolve(spec, tree)
+    sizes = check_sizes(spec, tree)
+    for name, size in sizes.items():
+        if name not in perms:
+            raise UserError(f"no permutation given for {name!r} (perms has {sorted(perms)})")
+        if np.shape(perms[name]) != (size,):
+            raise UserError(
+                f"permutation {name!r} must have shape ({size},), got {np.shape(perms[name])}"
+            )
+    perms = {n: np.asarray(perms[n]) for n in sizes}
+    updates = {}
+    for path, refs in spec.by_leaf().items():
+        leaf = get_leaf(tree, path)
+        leaf = leaf if isinstance(leaf, (np.ndarray, jax.Array)) else np.asarray(leaf)
+        updates[path] = permute_leaf(leaf, refs, perms)
+    return set_leaves(tree, updates)
+
+
+def identity(spec: PermutationSpec, tree: Any = None) -> dict[str, jnp.ndarray]:
+    """The identity permutations (sizes from the spec, or checked against `tree`)."""
+    sizes = check_sizes(*resolve(spec, tree, for_weights=True)) if tree is not None else spec.sizes
+    return {name: jnp.arange(sizes[name]) for name in spec.axes if name in sizes}
+
+
+def compose(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+    """`outer` after `inner`: applying the result equals applying `inner`, then `outer`."""
+    return {k: jnp.asarray(inner[k])[jnp.asarray(outer[k])] for k in outer}
+
+
+def inverse(perms: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+    """The permutations that undo `perms`."""
+    return {k: jnp.argsort(jnp.asarray(p)) for k, p in perms.items()}
+
+
+def random_permutations(spec: PermutationSpec, key, tree: Any = None) -> dict[str, np.ndarray]:
+    """Uniformly random permutations for every name in the spec (for tests and planting).
+
+    Drawn with NumPy from `key`'s bits: no compilation per permutation size.
+    """
+    sizes = check_sizes(*resolve(spec, tree, for_weights=True)) if tree is not None else spec.sizes
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    return {n: rng.permutation(sizes[n]) for n in spec.axes if n in sizes}

@@ -1,0 +1,111 @@
+"""Activation matching, the straight-through estimator and MergeMany."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_align_trace import model_spec_shapes, random_variables
+
+from lmc import align
+from lmc.errors import UserError
+
+RNG = np.random.default_rng(0)
+INPUTS = RNG.normal(size=(96, 8, 8, 3)).astype(np.float32)
+
+
+def _tanh_net(params, x):
+    """Conv -> tanh -> NHWC flatten -> dense -> tanh -> head: every unit alive."""
+    h = jax.lax.conv_general_dilated(x, params["conv"], (2, 2), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jnp.tanh(h + params["cb"]).reshape(x.shape[0], -1)
+    h = jnp.tanh(h @ params["dense"] + params["db"])
+    return h @ params["head"]
+
+
+def _tanh_params(seed):
+    rng = np.random.default_rng(seed)
+    shapes = {"conv": (3, 3, 3, 6), "cb": (6,), "dense": (4 * 4 * 6, 7), "db": (7,), "head": (7, 3)}
+    return {k: (rng.normal(size=s) / np.sqrt(s[0] if len(s) == 2 else 27)).astype(np.float32)
+            for k, s in shapes.items()}
+
+
+def _same(perms, expected, mask=None):
+    for k in expected:
+        got, want = np.asarray(perms[k]), np.asarray(expected[k])
+        m = slice(None) if mask is None else mask[k]
+        if not np.array_equal(got[m], want[m]):
+            return False
+    return True
+
+
+def test_activation_matching_recovers_planted_permutations():
+    a = _tanh_params(0)
+    spec = align.spec_from_function(_tanh_net, a, INPUTS[:4])
+    # The conv channels reach the dense layer through the flatten: a blocked axis.
+    assert align.AxisRef(("dense",), 0, 1) in spec.axes["cb"] and spec.sizes["cb"] == 6
+    planted = align.random_permutations(spec, jax.random.key(1), a)
+    b = align.apply_permutation(spec, planted, a)
+    # Uneven batches: the last one has another shape (traced again).
+    perms, info = align.activation_matching(spec, _tanh_net, a, b, [INPUTS[:40], INPUTS[40:80], INPUTS[80:]])
+    assert _same(perms, align.inverse(planted))
+    assert info["batches"] == 3
+    site = info["stats"]["db"][0]
+    np.testing.assert_allclose(site["mean_b"], site["mean_a"], rtol=1e-5, atol=1e-6)
+    assert site["count"] == 96
+
+
+def test_activation_matching_on_a_batchnorm_model():
+    model, spec, shapes = model_spec_shapes("cnn", width=4, norm="batchnorm")
+    a = random_variables(model, 3, shapes=shapes)
+    planted = align.random_permutations(spec, jax.random.key(2), a)
+    b = align.apply_permutation(spec, planted, a)
+    batches = [(INPUTS[i : i + 48], None) for i in (0, 48)]
+    perms, info = align.activation_matching(spec, model, a, b, batches)
+    # ReLU units that never fire carry no signal: compare the live ones only.
+    live = {k: info["stats"][k][0]["std_a"] > 0 for k in perms}
+    assert all(v.sum() >= 2 for v in live.values())
+    assert _same(perms, align.inverse(planted), live)
+    with pytest.raises(UserError, match="model_state"):
+        align.activation_matching(spec, model, a["params"], b["params"], batches)
+
+
+def test_ste_runs_from_weight_matching_and_keeps_a_planted_solution():
+    model, spec, shapes = model_spec_shapes("mlp", width=12, depth=2)
+    a = random_variables(model, 0, shapes=shapes)["params"]
+    planted = align.random_permutations(spec, jax.random.key(3), {"params": a, "model_state": {}})
+    b = align.apply_permutation(spec.subtree("params"), planted, a)
+    labels = RNG.integers(0, 10, size=96)
+
+    def loss_fn(params, batch):
+        x, y = batch
+        logits, _ = model.apply(params, {}, x, False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    batches = [(INPUTS[i : i + 32], labels[i : i + 32]) for i in range(0, 96, 32)]
+    perms, info = align.ste(spec, a, b, loss_fn, batches, optimizer=optax.adam(1e-4))
+    assert info["steps"] == 3 and all(np.isfinite(info["losses"]))
+    assert _same(perms, align.inverse(planted))
+
+
+def test_merge_many_aligns_permuted_copies():
+    model, spec, shapes = model_spec_shapes("mlp", width=10, depth=2)
+    spec = spec.subtree("params")
+    base = random_variables(model, 4, shapes=shapes)["params"]
+    rng = np.random.default_rng(5)
+    copies = []
+    for i in range(3):
+        p = align.random_permutations(spec, jax.random.key(10 + i), base)
+        noisy = jax.tree.map(lambda v: v + 0.01 * rng.normal(size=v.shape).astype(np.float32), base)
+        copies.append(align.apply_permutation(spec, p, noisy))
+    merged, perms, info = align.merge_many(spec, copies, key=jax.random.key(0))
+    assert len(perms) == 3 and info["passes"] >= 1
+    # All copies end up in one gauge, so their mean is (a permutation of) the base
+    # model up to the averaged noise; a mismatched average would be far off.
+    to_base, _ = align.weight_matching(spec, base, merged)
+    back = align.apply_permutation(spec, to_base, merged)
+    worst = max(float(np.abs(np.asarray(x) - y).max())
+                for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(base), strict=True))
+    assert worst < 0.05
+    with pytest.raises(UserError, match="at least 2"):
+        align.merge_many(spec, copies[:1])

@@ -1,0 +1,129 @@
+"""LM experiments end to end on tiny corpora: lm_code_vs_prose, lm_pair, lm_instability."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmc.errors import UserError
+from lmc.experiments import lm_code_vs_prose, run_experiment
+from lmc.experiments.lm_common import lm_base_config
+
+WORDS = {
+    "code": "def f(x):\n    return x + 1\nclass A:\n    pass\nimport os\nfor i in range(3):\n",
+    "prose": "The quick brown fox jumps over the lazy dog. A module is a file of code. ",
+}
+
+
+def corpus(root: Path, kind: str, suffix: str) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(kind))
+    lines = WORDS[kind].splitlines(keepends=True) or [WORDS[kind]]
+    for i in range(6):
+        body = "".join(rng.choice(lines) for _ in range(40))
+        (root / f"f{i}{suffix}").write_text(body)
+    return str(root)
+
+
+def tiny_lm_config(tmp_path, experiment):
+    c = lm_base_config()
+    c.experiment = experiment
+    c.data.code_dir = corpus(tmp_path / "code", "code", ".py")
+    c.data.prose_dir = corpus(tmp_path / "prose", "prose", ".txt")
+    c.data.context = 16
+    c.data.eval_windows = 8
+    c.model.width, c.model.heads, c.model.depth, c.model.context = 16, 2, 1, 16
+    c.batch_size = 8
+    c.num_steps = 6
+    c.optimizer.warmup_steps = 1
+    c.progress = False
+    c.eval.num_alphas = 3
+    c.eval.batch_size = 16
+    c.align.max_iter = 5
+    c.lm.spawn_steps = (0,)  # k > 0 forks: covered by lm_instability below
+    c.instability.spawn_steps = (3,)
+    return c
+
+
+def test_code_vs_prose_end_to_end(tmp_path):
+    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+    results = run_experiment(c, tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk["complete"] and on_disk["experiment"] == "lm_code_vs_prose"
+    per_domain = {"code", "prose", "mean"}
+    metric_keys = {"loss", "perplexity", "bits_per_byte", "error"}
+    assert set(results["mixture"]) == per_domain
+    assert set(results["mixture"]["code"]) == metric_keys
+    assert [p["spawn_step"] for p in results["spawn"]] == [0]
+    for point in results["spawn"]:
+        models = point["models"]
+        assert set(models) == {"parent_at_k", "code_child", "prose_child", "average",
+                               "task_arithmetic_s0.5", "task_arithmetic_s1"}
+        for m in models.values():
+            assert set(m) == per_domain and np.isfinite(m["code"]["loss"])
+        # Task arithmetic at s = 0.5 is the average, up to float rounding.
+        assert models["task_arithmetic_s0.5"]["mean"]["loss"] == pytest.approx(
+            models["average"]["mean"]["loss"], rel=1e-4)
+        curve = point["curve"]
+        assert curve["alphas"] == [0.0, 0.5, 1.0]
+        assert set(curve["curves"]) == {f"{d}_{m}" for d in per_domain for m in ("loss", "error")}
+        assert curve["curves"]["code_loss"][0] == models["code_child"]["code"]["loss"]
+        assert "code_loss" in curve["barrier"]
+    ind = results["independent"]
+    assert set(ind["methods"]) == {"naive", "weight_matching"}
+    assert set(ind["models"]) == {"code_child", "prose_child", "average",
+                                  "average_weight_matching"}
+    assert ind["methods"]["weight_matching"]["sweeps"] >= 1
+    assert ind["init_seeds"][0] != ind["init_seeds"][1]
+    # k=0's code child is the independent pair's code child: same init, same data.
+    assert ind["models"]["code_child"] == results["spawn"][0]["models"]["code_child"]
+    png = tmp_path / "run" / lm_code_vs_prose.PLOT_FILE
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "task_arithmetic_s1" in (tmp_path / "run" / "table.md").read_text()
+
+
+def test_lm_pair_and_instability_have_the_standard_schema(tmp_path):
+    c = tiny_lm_config(tmp_path, "lm_pair")
+    c.data.name = "text:code"
+    results = run_experiment(c, tmp_path / "pair")
+    assert set(results["endpoints"]["a"]) >= {"train_loss", "test_loss", "test_error",
+                                              "test_perplexity"}
+    for method in ("naive", "weight_matching"):
+        entry = results["methods"][method]
+        assert "error" not in entry, entry.get("traceback")
+        assert set(entry["barrier"]) == {"train_loss", "train_error", "test_loss", "test_error"}
+        assert len(entry["curves"]["test_loss"]) == 3
+
+    c = tiny_lm_config(tmp_path, "lm_instability")
+    c.data.name = "text:code"
+    c.spawn.mode = "spawn"
+    c.eval.methods = ("naive",)
+    results = run_experiment(c, tmp_path / "instab")
+    assert [p["spawn_step"] for p in results["points"]] == [3]
+    assert "barrier_mean" in results["points"][0]["methods"]["naive"]
+
+
+def test_lm_configs_validate_and_reject_bad_settings(tmp_path):
+    from configs import instability_lm, lm_rebasin
+    from configs import lm_code_vs_prose as cfg_cvp
+
+    for module in (cfg_cvp, lm_rebasin, instability_lm):
+        c = module.get_config()
+        assert c.model.name == "transformer" and c.data.name.startswith("text:")
+    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+    c.lm.spawn_steps = (0, 6)  # 6 = num_steps
+    with pytest.raises(UserError, match="spawn_steps"):
+        lm_code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+    c.eval.methods = ("naive+repair",)
+    with pytest.raises(UserError, match="not supported for language models"):
+        lm_code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+    c.data.context = 32
+    with pytest.raises(UserError, match="config.model.context"):
+        lm_code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+    c.data.name = "text:code"
+    with pytest.raises(UserError, match="text:mixed"):
+        lm_code_vs_prose.validate(c)
