@@ -190,3 +190,28 @@ def test_control_flow_and_static_args():
     oracle = align.PermutationSpec.from_axes({
         "h": [("inp", 1), ("stack", 1), ("stack", 2), ("out", 0)]})
     assert spec.equivalent(oracle), spec.diff(oracle)
+
+
+def test_rules_on_the_batch_axis_leave_hidden_units_free():
+    """Reordering, slicing, padding... the batch axis must not pin the features, and
+    permuting by the derived spec must still preserve the function."""
+
+    def fn(params, x):
+        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w0"])  # (4, 6)
+        h = jnp.concatenate([h, h[::-1]], axis=0)[:4]  # rev, concatenate, slice
+        h = jnp.pad(h, ((1, 1), (0, 0)))[1:-1]  # pad and slice the batch
+        h = jax.lax.dynamic_slice(h, (0, 0), (4, 6))  # whole features
+        h = jnp.sort(h, axis=0) + jax.lax.top_k(h.T, 2)[0].T.sum(0)  # sort/top_k over batch
+        h = jnp.expand_dims(h, 1).squeeze(1).T.T  # expand, squeeze, transposes
+        h = jnp.where(h > 0.5, h, 0.0) * jnp.max(h, axis=0)  # select_n, reductions
+        return h @ params["w1"]
+
+    params = _shapes({"w0": (192, 6), "w1": (6, 2)})
+    spec = align.spec_from_function(fn, params, X)
+    oracle = align.PermutationSpec.from_axes({"h": [("w0", 1), ("w1", 0)]})
+    assert spec.equivalent(oracle), spec.diff(oracle)
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), params)
+    perms = align.random_permutations(spec, jax.random.key(0), params)
+    np.testing.assert_allclose(fn(align.apply_permutation(spec, perms, params), X), fn(params, X),
+                               rtol=1e-5, atol=1e-5)

@@ -324,10 +324,12 @@ def sort(g, eqn, ins, deps):
 @register("top_k")
 def top_k(g, eqn, ins, deps):
     nodes = ins[0]
-    g.pin(nodes[-1], "top_k")
-    m = g.new(_shape(eqn.outvars[0])[-1])
+    axis = eqn.params.get("axis", -1) % len(nodes)
+    g.pin(nodes[axis], "top_k")
+    m = g.new(_shape(eqn.outvars[0])[axis])
     g.pin(m, "top_k")
-    return [(*nodes[:-1], m)] * 2
+    out = tuple(m if i == axis else n for i, n in enumerate(nodes))
+    return [out] * len(eqn.outvars)
 
 
 @register("gather")

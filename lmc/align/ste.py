@@ -43,7 +43,7 @@ def ste(spec: PermutationSpec, params_a, params_b, loss_fn: Callable, batches: I
     opt_state = optimizer.init(proxy)
 
     @jax.jit
-    def update(proxy, opt_state, projected, batch):
+    def update(proxy, opt_state, params_a, projected, batch):  # A as an argument: no big constants
         def midpoint_loss(w):
             straight = jax.tree.map(lambda w, p: w + jax.lax.stop_gradient(p - w), w, projected)
             mid = jax.tree.map(lambda a, b: 0.5 * (a + b), params_a, straight)
@@ -62,7 +62,7 @@ def ste(spec: PermutationSpec, params_a, params_b, loss_fn: Callable, batches: I
                                           max_iter=max_iter, init=perms)
             sweeps += info["sweeps"]
         projected = apply_permutation(spec, perms, params_b)
-        proxy, opt_state, loss = update(proxy, opt_state, projected, batch)
+        proxy, opt_state, loss = update(proxy, opt_state, params_a, projected, batch)
         if not jnp.isfinite(loss):
             raise UserError(f"ste: the midpoint loss became {float(loss)} at step {i}; "
                             "lower the learning rate")
