@@ -57,13 +57,16 @@ def trained_on_digits(model, seed=0, epochs=8):
         order = rng.permutation(len(ds.train_y))
         for i in range(0, len(order) - 63, 64):
             idx = order[i : i + 64]
-            params, state, opt_state = step(params, state, opt_state, ds.train_x[idx], ds.train_y[idx])
+            params, state, opt_state = step(
+                params, state, opt_state, ds.train_x[idx], ds.train_y[idx]
+            )
     return jax.tree.map(np.asarray, {"params": params, "model_state": state}), ds.train_x[:1]
 
 
 def noisy(tree, noise, rng):
-    return jax.tree.map(lambda v: v + noise * np.std(v) * rng.normal(size=v.shape).astype(np.float32),
-                        tree)
+    return jax.tree.map(
+        lambda v: v + noise * np.std(v) * rng.normal(size=v.shape).astype(np.float32), tree
+    )
 
 
 def main():
@@ -76,7 +79,9 @@ def main():
     args = parser.parse_args()
     model = models.build("resnet20", 10, width=args.width, norm=args.norm)
     for init in args.init:
-        trained, x = trained_on_digits(model) if init == "digits" else (None, jnp.zeros((1, 32, 32, 3)))
+        trained, x = (
+            trained_on_digits(model) if init == "digits" else (None, jnp.zeros((1, 32, 32, 3)))
+        )
         spec = align.spec_from_model(model, x)
         shapes, _ = align.trace.model_shapes(model, x)
         flax_init = functools.partial(_init_with_seed, jax.jit(model.init), x)
@@ -103,15 +108,27 @@ def run(args, spec, shapes, init, noise, trained, flax_init):
         b = align.apply_permutation(spec, planted, a)
         b["params"] = noisy(b["params"], noise, rng)
         t = time.perf_counter()
-        perms, info = align.weight_matching(spec, a["params"], b["params"], key=jax.random.key(seed))
+        perms, info = align.weight_matching(
+            spec, a["params"], b["params"], key=jax.random.key(seed)
+        )
         secs.append(time.perf_counter() - t)
         sweeps.append(info["sweeps"])
         inverse = align.inverse(planted)
         ok += all(np.array_equal(np.asarray(perms[k]), np.asarray(inverse[k])) for k in perms)
-    print(json.dumps({"model": f"resnet20 x{args.width} {args.norm}", "init": init,
-                      "noise_rel_std": noise, "recovered": ok, "seeds": args.seeds,
-                      "mean_sweeps": float(np.mean(sweeps)),
-                      "mean_align_s": round(float(np.mean(secs)), 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "model": f"resnet20 x{args.width} {args.norm}",
+                "init": init,
+                "noise_rel_std": noise,
+                "recovered": ok,
+                "seeds": args.seeds,
+                "mean_sweeps": float(np.mean(sweeps)),
+                "mean_align_s": round(float(np.mean(secs)), 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

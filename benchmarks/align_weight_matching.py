@@ -97,17 +97,29 @@ def main():
         rows = []
         for _ in range(args.repeats):  # interleaved: a busy machine slows both alike
             (perms, info), wall, cpu = measure(align.weight_matching, spec, pa, pb, key=key)
-            (ref, ref_sweeps), ref_wall, ref_cpu = measure(reference_weight_matching, spec, pa, pb, key)
+            (ref, ref_sweeps), ref_wall, ref_cpu = measure(
+                reference_weight_matching, spec, pa, pb, key
+            )
             rows.append((wall, cpu, ref_wall, ref_cpu))
         wall, cpu, ref_wall, ref_cpu = np.median(np.array(rows), axis=0)
         same = all(np.array_equal(np.asarray(perms[n]), ref[n]) for n in ref)
-        print(label, json.dumps({
-            "ours_wall_s": round(wall, 2), "reference_wall_s": round(ref_wall, 2),
-            "speedup_wall": round(ref_wall / wall, 2),
-            "ours_cpu_s": round(cpu, 2), "reference_cpu_s": round(ref_cpu, 2),
-            "speedup_cpu": round(ref_cpu / cpu, 2),
-            "sweeps": info["sweeps"], "reference_sweeps": ref_sweeps, "same_perms": bool(same),
-        }), flush=True)
+        print(
+            label,
+            json.dumps(
+                {
+                    "ours_wall_s": round(wall, 2),
+                    "reference_wall_s": round(ref_wall, 2),
+                    "speedup_wall": round(ref_wall / wall, 2),
+                    "ours_cpu_s": round(cpu, 2),
+                    "reference_cpu_s": round(ref_cpu, 2),
+                    "speedup_cpu": round(ref_cpu / cpu, 2),
+                    "sweeps": info["sweeps"],
+                    "reference_sweeps": ref_sweeps,
+                    "same_perms": bool(same),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

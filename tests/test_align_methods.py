@@ -16,8 +16,9 @@ INPUTS = RNG.normal(size=(96, 8, 8, 3)).astype(np.float32)
 
 def _tanh_net(params, x):
     """Conv -> tanh -> NHWC flatten -> dense -> tanh -> head: every unit alive."""
-    h = jax.lax.conv_general_dilated(x, params["conv"], (2, 2), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.lax.conv_general_dilated(
+        x, params["conv"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     h = jnp.tanh(h + params["cb"]).reshape(x.shape[0], -1)
     h = jnp.tanh(h @ params["dense"] + params["db"])
     return h @ params["head"]
@@ -26,8 +27,10 @@ def _tanh_net(params, x):
 def _tanh_params(seed):
     rng = np.random.default_rng(seed)
     shapes = {"conv": (3, 3, 3, 6), "cb": (6,), "dense": (4 * 4 * 6, 7), "db": (7,), "head": (7, 3)}
-    return {k: (rng.normal(size=s) / np.sqrt(s[0] if len(s) == 2 else 27)).astype(np.float32)
-            for k, s in shapes.items()}
+    return {
+        k: (rng.normal(size=s) / np.sqrt(s[0] if len(s) == 2 else 27)).astype(np.float32)
+        for k, s in shapes.items()
+    }
 
 
 def _same(perms, expected, mask=None):
@@ -47,7 +50,9 @@ def test_activation_matching_recovers_planted_permutations():
     planted = align.random_permutations(spec, jax.random.key(1), a)
     b = align.apply_permutation(spec, planted, a)
     # Uneven batches: the last one has another shape (traced again).
-    perms, info = align.activation_matching(spec, _tanh_net, a, b, [INPUTS[:40], INPUTS[40:80], INPUTS[80:]])
+    perms, info = align.activation_matching(
+        spec, _tanh_net, a, b, [INPUTS[:40], INPUTS[40:80], INPUTS[80:]]
+    )
     assert _same(perms, align.inverse(planted))
     assert info["batches"] == 3
     site = info["stats"]["db"][0]
@@ -104,8 +109,10 @@ def test_merge_many_aligns_permuted_copies():
     # model up to the averaged noise; a mismatched average would be far off.
     to_base, _ = align.weight_matching(spec, base, merged)
     back = align.apply_permutation(spec, to_base, merged)
-    worst = max(float(np.abs(np.asarray(x) - y).max())
-                for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(base), strict=True))
+    worst = max(
+        float(np.abs(np.asarray(x) - y).max())
+        for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(base), strict=True)
+    )
     assert worst < 0.05
     with pytest.raises(UserError, match="at least 2"):
         align.merge_many(spec, copies[:1])

@@ -12,10 +12,13 @@ from lmc.errors import UserError
 def _spec():
     # A 2-layer MLP over a flattened 2x2x3 map: hidden perm "h" (4 units) and a
     # channel perm "c" (3 channels) acting on a blocked axis (channel fastest).
-    return align.PermutationSpec.from_axes({
-        "c": [("conv/bias", 0), ("dense/kernel", 0, 1)],
-        "h": [("dense/kernel", 1), ("dense/bias", 0), ("head/kernel", 0)],
-    }, sizes={"c": 3, "h": 4})
+    return align.PermutationSpec.from_axes(
+        {
+            "c": [("conv/bias", 0), ("dense/kernel", 0, 1)],
+            "h": [("dense/kernel", 1), ("dense/bias", 0), ("head/kernel", 0)],
+        },
+        sizes={"c": 3, "h": 4},
+    )
 
 
 def _tree(seed=0):
@@ -57,15 +60,17 @@ def test_repr_and_table_are_readable():
     assert "2 permutations" in repr(spec) and "h[4]" in repr(spec)
     table = spec.table()
     assert "dense/kernel[1]" in table and "head/kernel[0]" in table
-    renamed = align.PermutationSpec.from_axes({"x": spec.axes["c"], "y": spec.axes["h"]},
-                                              sizes={"x": 3, "y": 4})
+    renamed = align.PermutationSpec.from_axes(
+        {"x": spec.axes["c"], "y": spec.axes["h"]}, sizes={"x": 3, "y": 4}
+    )
     assert renamed.equivalent(spec) and renamed != spec and renamed.diff(spec) == ""
 
 
 def test_errors_name_the_permutation_and_path():
     spec, tree = _spec(), _tree()
-    bad = align.PermutationSpec.from_axes({"h": [("dense/kernel", 1), ("head/kernel", 0)]},
-                                          sizes={"h": 5})
+    bad = align.PermutationSpec.from_axes(
+        {"h": [("dense/kernel", 1), ("head/kernel", 0)]}, sizes={"h": 5}
+    )
     with pytest.raises(UserError, match="'h'"):
         align.apply_permutation(bad, {"h": jnp.arange(5)}, tree)
     missing = align.PermutationSpec.from_axes({"h": [("nope/kernel", 1)]})
@@ -76,9 +81,13 @@ def test_errors_name_the_permutation_and_path():
 
 
 def test_combined_spec_requires_model_state():
-    spec = align.PermutationSpec.from_axes({
-        "h": [("params/bn/scale", 0), ("model_state/bn/mean", 0)]})
-    tree = {"params": {"bn": {"scale": jnp.arange(3.0)}}, "model_state": {"bn": {"mean": jnp.arange(3.0)}}}
+    spec = align.PermutationSpec.from_axes(
+        {"h": [("params/bn/scale", 0), ("model_state/bn/mean", 0)]}
+    )
+    tree = {
+        "params": {"bn": {"scale": jnp.arange(3.0)}},
+        "model_state": {"bn": {"mean": jnp.arange(3.0)}},
+    }
     perms = {"h": jnp.array([1, 2, 0])}
     out = align.apply_permutation(spec, perms, tree)
     np.testing.assert_array_equal(out["model_state"]["bn"]["mean"], [1.0, 2.0, 0.0])

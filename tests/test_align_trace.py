@@ -78,9 +78,14 @@ def test_permuting_preserves_function(i):
         # samples at 1x1 resolution amplifies that rounding, a wrong permutation is O(1).
         np.testing.assert_allclose(out_p, out, rtol=2e-3, atol=2e-3)
         # The updated running statistics are the permuted ones.
-        expected = align.apply_permutation(spec, perms, {"params": tree["params"], "model_state": state})
-        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-4),
-                     state_p, expected["model_state"])
+        expected = align.apply_permutation(
+            spec, perms, {"params": tree["params"], "model_state": state}
+        )
+        jax.tree.map(
+            functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-4),
+            state_p,
+            expected["model_state"],
+        )
 
 
 # ---- plain JAX functions, written outside lmc.models ---------------------------------
@@ -94,7 +99,8 @@ def _mlp(params, x):
 def _resnet(params, x):
     """Conv stem, two residual blocks sharing the stream, LayerNorm, mean-pool head."""
     conv = lambda h, w: jax.lax.conv_general_dilated(  # noqa: E731
-        h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     h = jax.nn.relu(conv(x, params["stem"]))
     for b in ("b0", "b1"):
         y = jax.nn.relu(conv(h, params[b]["c0"]) + params[b]["bias"])
@@ -106,38 +112,64 @@ def _resnet(params, x):
 
 
 def _shapes(tree):
-    return jax.tree.map(lambda s: jnp.zeros(s, jnp.float32), tree, is_leaf=lambda s: isinstance(s, tuple))
+    return jax.tree.map(
+        lambda s: jnp.zeros(s, jnp.float32), tree, is_leaf=lambda s: isinstance(s, tuple)
+    )
 
 
 def test_bare_jax_mlp():
-    params = _shapes({"l0": {"w": (192, 6), "b": (6,)}, "l1": {"w": (6, 5), "b": (5,)},
-                      "out": {"w": (5, 3)}, "unused": (4, 4)})
+    params = _shapes(
+        {
+            "l0": {"w": (192, 6), "b": (6,)},
+            "l1": {"w": (6, 5), "b": (5,)},
+            "out": {"w": (5, 3)},
+            "unused": (4, 4),
+        }
+    )
     spec = align.spec_from_function(_mlp, params, X)
     assert any("unused is never used" in n for n in spec.notes)
-    oracle = align.PermutationSpec.from_axes({
-        "a": [("l0/w", 1), ("l0/b", 0), ("l1/w", 0)],
-        "b": [("l1/w", 1), ("l1/b", 0), ("out/w", 0)]}, sizes={"a": 6, "b": 5})
+    oracle = align.PermutationSpec.from_axes(
+        {
+            "a": [("l0/w", 1), ("l0/b", 0), ("l1/w", 0)],
+            "b": [("l1/w", 1), ("l1/b", 0), ("out/w", 0)],
+        },
+        sizes={"a": 6, "b": 5},
+    )
     assert spec.equivalent(oracle), spec.diff(oracle)
     assert spec.names == ("l0", "l1")
 
 
 def test_bare_jax_resnet_shares_the_residual_stream():
-    params = _shapes({"stem": (3, 3, 3, 4), "head": (4, 2),
-                      **{b: {"c0": (3, 3, 4, 5), "bias": (5,), "c1": (3, 3, 5, 4), "g": (4,)}
-                         for b in ("b0", "b1")}})
+    params = _shapes(
+        {
+            "stem": (3, 3, 3, 4),
+            "head": (4, 2),
+            **{
+                b: {"c0": (3, 3, 4, 5), "bias": (5,), "c1": (3, 3, 5, 4), "g": (4,)}
+                for b in ("b0", "b1")
+            },
+        }
+    )
     spec = align.spec_from_function(_resnet, params, X)
-    oracle = align.PermutationSpec.from_axes({
-        "stream": [("stem", 3), ("head", 0)] + [r for b in ("b0", "b1") for r in
-                                                [(f"{b}/c0", 2), (f"{b}/c1", 3), (f"{b}/g", 0)]],
-        "b0": [("b0/c0", 3), ("b0/bias", 0), ("b0/c1", 2)],
-        "b1": [("b1/c0", 3), ("b1/bias", 0), ("b1/c1", 2)]})
+    oracle = align.PermutationSpec.from_axes(
+        {
+            "stream": [("stem", 3), ("head", 0)]
+            + [r for b in ("b0", "b1") for r in [(f"{b}/c0", 2), (f"{b}/c1", 3), (f"{b}/g", 0)]],
+            "b0": [("b0/c0", 3), ("b0/bias", 0), ("b0/c1", 2)],
+            "b1": [("b1/c0", 3), ("b1/bias", 0), ("b1/c1", 2)],
+        }
+    )
     assert spec.equivalent(oracle), spec.diff(oracle)
     # And it is right: random params, random perms, same function.
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
     perms = align.random_permutations(spec, jax.random.key(1), params)
-    np.testing.assert_allclose(_resnet(align.apply_permutation(spec, perms, params), X),
-                               _resnet(params, X), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        _resnet(align.apply_permutation(spec, perms, params), X),
+        _resnet(params, X),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_unknown_primitive_pins_and_is_reported():
@@ -187,8 +219,9 @@ def test_control_flow_and_static_args():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         spec = align.spec_from_function(fn, params, X, True)
-    oracle = align.PermutationSpec.from_axes({
-        "h": [("inp", 1), ("stack", 1), ("stack", 2), ("out", 0)]})
+    oracle = align.PermutationSpec.from_axes(
+        {"h": [("inp", 1), ("stack", 1), ("stack", 2), ("out", 0)]}
+    )
     assert spec.equivalent(oracle), spec.diff(oracle)
 
 
@@ -213,5 +246,6 @@ def test_rules_on_the_batch_axis_leave_hidden_units_free():
     rng = np.random.default_rng(3)
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), params)
     perms = align.random_permutations(spec, jax.random.key(0), params)
-    np.testing.assert_allclose(fn(align.apply_permutation(spec, perms, params), X), fn(params, X),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fn(align.apply_permutation(spec, perms, params), X), fn(params, X), rtol=1e-5, atol=1e-5
+    )

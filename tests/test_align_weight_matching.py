@@ -21,8 +21,9 @@ def _planted(name, seed, noise=0.01, **kw):
     planted = align.random_permutations(spec, jax.random.key(seed + 100), tree)
     rng = np.random.default_rng(seed)
     b = align.apply_permutation(spec, planted, tree)
-    b["params"] = jax.tree.map(lambda v: v + noise * rng.normal(size=v.shape).astype(np.float32),
-                               b["params"])
+    b["params"] = jax.tree.map(
+        lambda v: v + noise * rng.normal(size=v.shape).astype(np.float32), b["params"]
+    )
     return spec, tree, b, align.inverse(planted)
 
 
@@ -30,17 +31,22 @@ def _recovered(perms, expected) -> bool:
     return all(np.array_equal(np.asarray(perms[k]), np.asarray(expected[k])) for k in expected)
 
 
-@pytest.mark.parametrize("name, kw", [
-    ("mlp", dict(width=32, depth=3)),
-    ("cnn", dict(width=8, norm="none")),  # blocked (flattened) axis
-    ("vgg11", dict(width=1 / 8, norm="batchnorm")),
-    ("resnet20", dict(width=2, norm="batchnorm")),
-    ("resnet20", dict(width=1, norm="layernorm")),
-])
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("mlp", dict(width=32, depth=3)),
+        ("cnn", dict(width=8, norm="none")),  # blocked (flattened) axis
+        ("vgg11", dict(width=1 / 8, norm="batchnorm")),
+        ("resnet20", dict(width=2, norm="batchnorm")),
+        ("resnet20", dict(width=1, norm="layernorm")),
+    ],
+)
 def test_planted_permutations_are_recovered(name, kw):
     for seed in range(2):
         spec, a, b, expected = _planted(name, seed, **kw)
-        perms, info = align.weight_matching(spec, a["params"], b["params"], key=jax.random.key(seed))
+        perms, info = align.weight_matching(
+            spec, a["params"], b["params"], key=jax.random.key(seed)
+        )
         assert _recovered(perms, expected), f"{name} seed {seed}: {info}"
     # Combined trees work too (the statistics are not matched, only permuted).
     perms2, _ = align.weight_matching(spec, a, b, key=jax.random.key(seed))
@@ -49,7 +55,9 @@ def test_planted_permutations_are_recovered(name, kw):
 
 def _objective(spec, a, b, perms):
     bp = align.apply_permutation(spec, perms, b)
-    return sum(float(np.vdot(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(bp), strict=True))
+    return sum(
+        float(np.vdot(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(bp), strict=True)
+    )
 
 
 def test_result_is_a_fixed_point_and_objective_is_reported():
@@ -118,8 +126,9 @@ def test_bad_input_is_reported():
     nan["head"]["kernel"][0, 0] = np.nan
     with pytest.raises(UserError, match="params_b.*head/kernel"):
         align.weight_matching(spec, a, nan)
-    wrong = align.PermutationSpec.from_axes({"P": [("dense0/kernel", 1), ("dense0/bias", 0)]},
-                                            sizes={"P": 5})
+    wrong = align.PermutationSpec.from_axes(
+        {"P": [("dense0/kernel", 1), ("dense0/bias", 0)]}, sizes={"P": 5}
+    )
     with pytest.raises(UserError, match="'P'"):
         align.weight_matching(wrong, a, a)
     with pytest.warns(UserWarning, match="empty"):

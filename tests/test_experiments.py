@@ -89,8 +89,10 @@ def test_sweep_experiment_config_errors(tmp_path, overrides, match):
 
 
 def test_merge_many_experiment(tmp_path):
-    c = small_config(experiment="merge_many", **{
-        "merge.num_models": 3, "spawn.child_seeds": (1, 2, 3), "num_steps": 30})
+    c = small_config(
+        experiment="merge_many",
+        **{"merge.num_models": 3, "spawn.child_seeds": (1, 2, 3), "num_steps": 30},
+    )
     results = run_experiment(c, tmp_path)
     assert len(results["models"]) == 3
     for key in ("naive_average", "merged"):
@@ -103,9 +105,19 @@ def test_merge_many_experiment(tmp_path):
 
 
 def test_pair_with_every_alignment_method(tmp_path):
-    c = small_config(**{"eval.methods": ("naive", "weight_matching", "activation_matching",
-                                         "ste", "weight_matching+repair"),
-                        "align.ste_steps": 5, "num_steps": 30})
+    c = small_config(
+        **{
+            "eval.methods": (
+                "naive",
+                "weight_matching",
+                "activation_matching",
+                "ste",
+                "weight_matching+repair",
+            ),
+            "align.ste_steps": 5,
+            "num_steps": 30,
+        }
+    )
     results = run_experiment(c, tmp_path)
     for method, entry in results["methods"].items():
         assert "error" not in entry, (method, entry.get("error"))

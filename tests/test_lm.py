@@ -20,8 +20,16 @@ from lmc.experiments import lm_common
 
 @functools.cache
 def build(positions="learned"):
-    return models.build("transformer", 256, width=32, depth=2, heads=4, context=16,
-                        norm="layernorm", positions=positions)
+    return models.build(
+        "transformer",
+        256,
+        width=32,
+        depth=2,
+        heads=4,
+        context=16,
+        norm="layernorm",
+        positions=positions,
+    )
 
 
 @functools.cache
@@ -35,8 +43,7 @@ def perturbed_init(model, seed=0):
     permutation of any of them would show."""
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.2, s.shape), s.dtype),
-                          shapes[0])
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.2, s.shape), s.dtype), shapes[0])
     return params, {}
 
 
@@ -126,7 +133,9 @@ def test_per_head_within_head_permutations_are_also_symmetries():
     for h in range(4):
         qk, vo = rng.permutation(8), rng.permutation(8)
         for name, perm in (("query", qk), ("key", qk), ("value", vo)):
-            attn[name]["kernel"] = attn[name]["kernel"].at[:, h].set(attn[name]["kernel"][:, h, perm])
+            attn[name]["kernel"] = (
+                attn[name]["kernel"].at[:, h].set(attn[name]["kernel"][:, h, perm])
+            )
             attn[name]["bias"] = attn[name]["bias"].at[h].set(attn[name]["bias"][h, perm])
         attn["out"]["kernel"] = attn["out"]["kernel"].at[h].set(attn["out"]["kernel"][h, vo])
     p2 = {**params, "block1": {**params["block1"], "attn": attn}}
@@ -149,7 +158,9 @@ def test_weight_matching_undoes_a_planted_permutation():
     params, state = perturbed_init(model)
     a = {"params": params, "model_state": state}
     spec = transformer_spec(a)
-    planted = align.apply_permutation(spec, align.random_permutations(spec, jax.random.key(3), a), a)
+    planted = align.apply_permutation(
+        spec, align.random_permutations(spec, jax.random.key(3), a), a
+    )
     config = lm_common.lm_base_config()
     aligned, info = lm_common.align_weight_matching(config, a, planted)
     for got, want in zip(jax.tree.leaves(aligned["params"]), jax.tree.leaves(params), strict=True):

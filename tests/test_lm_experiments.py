@@ -58,13 +58,20 @@ def test_code_vs_prose_end_to_end(tmp_path):
     assert [p["spawn_step"] for p in results["spawn"]] == [0]
     for point in results["spawn"]:
         models = point["models"]
-        assert set(models) == {"parent_at_k", "code_child", "prose_child", "average",
-                               "task_arithmetic_s0.5", "task_arithmetic_s1"}
+        assert set(models) == {
+            "parent_at_k",
+            "code_child",
+            "prose_child",
+            "average",
+            "task_arithmetic_s0.5",
+            "task_arithmetic_s1",
+        }
         for m in models.values():
             assert set(m) == per_domain and np.isfinite(m["code"]["loss"])
         # Task arithmetic at s = 0.5 is the average, up to float rounding.
         assert models["task_arithmetic_s0.5"]["mean"]["loss"] == pytest.approx(
-            models["average"]["mean"]["loss"], rel=1e-4)
+            models["average"]["mean"]["loss"], rel=1e-4
+        )
         curve = point["curve"]
         assert curve["alphas"] == [0.0, 0.5, 1.0]
         assert set(curve["curves"]) == {f"{d}_{m}" for d in per_domain for m in ("loss", "error")}
@@ -72,8 +79,7 @@ def test_code_vs_prose_end_to_end(tmp_path):
         assert "code_loss" in curve["barrier"]
     ind = results["independent"]
     assert set(ind["methods"]) == {"naive", "weight_matching"}
-    assert set(ind["models"]) == {"code_child", "prose_child", "average",
-                                  "average_weight_matching"}
+    assert set(ind["models"]) == {"code_child", "prose_child", "average", "average_weight_matching"}
     assert ind["methods"]["weight_matching"]["sweeps"] >= 1
     assert ind["init_seeds"][0] != ind["init_seeds"][1]
     # k=0's code child is the independent pair's code child: same init, same data.
@@ -87,8 +93,12 @@ def test_lm_pair_and_instability_have_the_standard_schema(tmp_path):
     c = tiny_lm_config(tmp_path, "lm_pair")
     c.data.name = "text:code"
     results = run_experiment(c, tmp_path / "pair")
-    assert set(results["endpoints"]["a"]) >= {"train_loss", "test_loss", "test_error",
-                                              "test_perplexity"}
+    assert set(results["endpoints"]["a"]) >= {
+        "train_loss",
+        "test_loss",
+        "test_error",
+        "test_perplexity",
+    }
     for method in ("naive", "weight_matching"):
         entry = results["methods"][method]
         assert "error" not in entry, entry.get("traceback")

@@ -94,10 +94,16 @@ def test_checkpoint_holds_plain_dicts_restorable_without_model_code(tmp_path):
 
 
 TINY = [
-    "--config.data.name=synthetic", "--config.model.width=32", "--config.model.depth=2",
-    "--config.batch_size=32", "--config.num_steps=4000", "--config.eval.num_alphas=3",
-    "--config.eval.methods=('naive',)", "--config.checkpoint.every_steps=1000",
-    "--config.progress=False", "--config.log_every_steps=20",
+    "--config.data.name=synthetic",
+    "--config.model.width=32",
+    "--config.model.depth=2",
+    "--config.batch_size=32",
+    "--config.num_steps=4000",
+    "--config.eval.num_alphas=3",
+    "--config.eval.methods=('naive',)",
+    "--config.checkpoint.every_steps=1000",
+    "--config.progress=False",
+    "--config.log_every_steps=20",
 ]
 
 
@@ -109,14 +115,17 @@ def test_sigterm_saves_current_step_exits_75_and_rerun_continues(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "child_0" / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+    while time.time() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 3
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err
     assert "preempted" in err and "Rerun the same command" in err
-    steps = sorted(int(p.name) for p in (tmp_path / "child_0" / "checkpoints").iterdir()
-                   if p.name.isdigit())
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "child_0" / "checkpoints").iterdir() if p.name.isdigit()
+    )
     preempt_step = steps[-1]
     assert 0 < preempt_step < 4000 and preempt_step % 1000 != 0  # saved off-schedule
     assert not (tmp_path / "results.json").exists()

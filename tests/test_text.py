@@ -32,7 +32,9 @@ def test_train_batch_is_a_pure_function_of_seed_and_step(tmp_path):
     np.testing.assert_array_equal(y1, y2)
     # A freshly loaded copy (cache cleared) gives the same batch: nothing depends on state.
     text.load_domain.cache_clear()
-    x3, _ = data_lib.load("text:dir", str(tmp_path), context=16, eval_windows=4).train_batch(3, 7, 8)
+    x3, _ = data_lib.load("text:dir", str(tmp_path), context=16, eval_windows=4).train_batch(
+        3, 7, 8
+    )
     np.testing.assert_array_equal(x1, x3)
     assert not np.array_equal(x1, ds.train_batch(3, 8, 8)[0])
     assert not np.array_equal(x1, ds.train_batch(4, 7, 8)[0])
@@ -52,8 +54,9 @@ def test_labels_are_next_tokens():
 
 def test_held_out_split_is_by_file_and_stable(tmp_path):
     letters = make_corpus(tmp_path / "a", n=40)
-    ds = data_lib.load("text:dir", str(tmp_path / "a"), context=8, eval_windows=32,
-                       test_fraction=0.25)
+    ds = data_lib.load(
+        "text:dir", str(tmp_path / "a"), context=8, eval_windows=32, test_fraction=0.25
+    )
     (domain,) = ds.domains
     train_files, test_files = set(domain.train_files), set(domain.test_files)
     assert train_files and test_files and not train_files & test_files
@@ -66,16 +69,23 @@ def test_held_out_split_is_by_file_and_stable(tmp_path):
         assert set(np.unique(ds.train_batch(0, step, 8)[0])) <= train_letters
     # The split depends only on each file's relative path: adding files moves none.
     make_corpus(tmp_path / "b", n=60)
-    bigger = data_lib.load("text:dir", str(tmp_path / "b"), context=8, eval_windows=4,
-                           test_fraction=0.25).domains[0]
+    bigger = data_lib.load(
+        "text:dir", str(tmp_path / "b"), context=8, eval_windows=4, test_fraction=0.25
+    ).domains[0]
     assert set(bigger.test_files) & set(letters) == test_files
 
 
 def test_mixed_samples_domains_by_weight_and_splits_per_domain(tmp_path):
     make_corpus(tmp_path / "code", suffix=".py")
     make_corpus(tmp_path / "prose", suffix=".rst")
-    ds = text.load_text("mixed", code_dir=str(tmp_path / "code"),
-                        prose_dir=str(tmp_path / "prose"), context=8, eval_windows=4, mix=0.25)
+    ds = text.load_text(
+        "mixed",
+        code_dir=str(tmp_path / "code"),
+        prose_dir=str(tmp_path / "prose"),
+        context=8,
+        eval_windows=4,
+        mix=0.25,
+    )
     assert ds.domain_names == ("code", "prose")
     splits = ds.eval_splits("test")
     assert set(splits) == {"code", "prose"} and splits["code"][0].shape == (4, 8)
@@ -93,8 +103,13 @@ def test_mixed_weight_is_respected(tmp_path):
     for i in range(6):
         (tmp_path / "code" / f"m{i}.py").write_bytes(b"a" * 500)
         (tmp_path / "prose" / f"d{i}.rst").write_bytes(b"A" * 500)
-    ds = text.load_text("mixed", code_dir=str(tmp_path / "code"),
-                        prose_dir=str(tmp_path / "prose"), context=8, mix=0.25)
+    ds = text.load_text(
+        "mixed",
+        code_dir=str(tmp_path / "code"),
+        prose_dir=str(tmp_path / "prose"),
+        context=8,
+        mix=0.25,
+    )
     x = np.concatenate([ds.train_batch(1, s, 64)[0] for s in range(50)])
     code_fraction = np.mean((x == ord("a")).any(axis=1))
     assert abs(code_fraction - 0.25) < 0.03
@@ -110,13 +125,16 @@ def test_real_corpora_load():
     assert prose.domains[0].train_files[0].endswith(".txt")
 
 
-@pytest.mark.parametrize("setup, match", [
-    ("missing", "does not exist"),
-    ("empty", "has no text files"),
-    ("binary", "has no text files|fewer than one window|hold 0 bytes"),
-    ("one_file", "need at least 2"),
-    ("tiny", "fewer than one window"),
-])
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        ("missing", "does not exist"),
+        ("empty", "has no text files"),
+        ("binary", "has no text files|fewer than one window|hold 0 bytes"),
+        ("one_file", "need at least 2"),
+        ("tiny", "fewer than one window"),
+    ],
+)
 def test_bad_directories_raise_user_errors(tmp_path, setup, match):
     root = tmp_path / "corpus"
     if setup != "missing":

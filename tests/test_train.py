@@ -19,7 +19,10 @@ def _assert_trees_equal(a, b):
 
 
 def _trees_differ(a, b):
-    return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def test_same_config_twice_is_bitwise_identical(tmp_path):
@@ -144,6 +147,9 @@ def test_population_training_matches_sequential_children(tmp_path):
     together = spawn.make_siblings(c, tmp_path / "pop", model, ds, num_children=3)
     assert (tmp_path / "pop" / "population" / "checkpoints").is_dir()
     for a, b in zip(sequential, together, strict=True):
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
-                     a["params"], b["params"])
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+            a["params"],
+            b["params"],
+        )
     assert _trees_differ(together[0]["params"], together[1]["params"])

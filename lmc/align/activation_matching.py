@@ -28,8 +28,18 @@ from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_
 from lmc.align.weight_matching import solve_assignment
 from lmc.errors import UserError
 
-CALLS = ("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
-         "custom_vjp_call", "custom_vjp_call_jaxpr", "remat")
+CALLS = (
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "remat2",
+    "checkpoint",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+)
 
 
 def eval_with_probes(closed, args, wanted: set) -> dict:
@@ -61,8 +71,12 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
             invals = [read(v) for v in eqn.invars]
             inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
             if (*context, i) in prefixes and eqn.primitive.name in CALLS and inner is not None:
-                outs = run(getattr(inner, "jaxpr", inner), getattr(inner, "consts", ()), invals,
-                           (*context, i))
+                outs = run(
+                    getattr(inner, "jaxpr", inner),
+                    getattr(inner, "consts", ()),
+                    invals,
+                    (*context, i),
+                )
             else:
                 with eqn.ctx.manager:
                     outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
@@ -87,8 +101,14 @@ def _batch_stats(a, b):
     """Centered statistics of one batch (merged with Chan et al.'s parallel formulas)."""
     mean_a, mean_b = a.mean(0), b.mean(0)
     da, db = a - mean_a, b - mean_b
-    return {"count": jnp.float32(a.shape[0]), "mean_a": mean_a, "mean_b": mean_b,
-            "m2_a": (da * da).sum(0), "m2_b": (db * db).sum(0), "cross": da.T @ db}
+    return {
+        "count": jnp.float32(a.shape[0]),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "m2_a": (da * da).sum(0),
+        "m2_b": (db * db).sum(0),
+        "cross": da.T @ db,
+    }
 
 
 def _merge(s, t):
@@ -96,9 +116,14 @@ def _merge(s, t):
     w = s["count"] * t["count"] / jnp.maximum(n, 1.0)
     dma, dmb = t["mean_a"] - s["mean_a"], t["mean_b"] - s["mean_b"]
     frac = t["count"] / jnp.maximum(n, 1.0)
-    return {"count": n, "mean_a": s["mean_a"] + dma * frac, "mean_b": s["mean_b"] + dmb * frac,
-            "m2_a": s["m2_a"] + t["m2_a"] + dma * dma * w, "m2_b": s["m2_b"] + t["m2_b"] + dmb * dmb * w,
-            "cross": s["cross"] + t["cross"] + jnp.outer(dma, dmb) * w}
+    return {
+        "count": n,
+        "mean_a": s["mean_a"] + dma * frac,
+        "mean_b": s["mean_b"] + dmb * frac,
+        "m2_a": s["m2_a"] + t["m2_a"] + dma * dma * w,
+        "m2_b": s["m2_b"] + t["m2_b"] + dmb * dmb * w,
+        "cross": s["cross"] + t["cross"] + jnp.outer(dma, dmb) * w,
+    }
 
 
 def _is_model(obj) -> bool:
@@ -116,8 +141,15 @@ def _first_input(batch):
     return batch
 
 
-def activation_matching(spec: PermutationSpec, apply_fn_or_model: Callable | Any, params_a, params_b,
-                        batches: Iterable, *, max_batches: int | None = None):
+def activation_matching(
+    spec: PermutationSpec,
+    apply_fn_or_model: Callable | Any,
+    params_a,
+    params_b,
+    batches: Iterable,
+    *,
+    max_batches: int | None = None,
+):
     """Permutations of B's units maximizing the correlation of A's and B's activations.
 
     `apply_fn_or_model`: an `lmc.models` Model (then `params_*` are combined trees
@@ -140,8 +172,10 @@ def activation_matching(spec: PermutationSpec, apply_fn_or_model: Callable | Any
             tree_a, tree_b = ({"params": t, "model_state": {}} for t in (tree_a, tree_b))
         expected = [p for p, _ in tree_paths(model_shapes(model, x0)[0])]
         if [p for p, _ in tree_paths(tree_a)] != expected:
-            raise UserError("activation_matching: params_a does not match the model; for models "
-                            "with BatchNorm pass {'params': ..., 'model_state': ...} trees")
+            raise UserError(
+                "activation_matching: params_a does not match the model; for models "
+                "with BatchNorm pass {'params': ..., 'model_state': ...} trees"
+            )
     check_same_structure([tree_a, tree_b], ["params_a", "params_b"])
     check_finite(tree_a, "params_a")
     check_finite(tree_b, "params_b")
@@ -170,10 +204,16 @@ def activation_matching(spec: PermutationSpec, apply_fn_or_model: Callable | Any
         count += 1
     sizes = check_sizes(*resolve(spec, tree_a))
     if not stats:
-        warnings.warn("activation matching found no activations to correlate (empty spec?); "
-                      "returning identity permutations", stacklevel=2)
+        warnings.warn(
+            "activation matching found no activations to correlate (empty spec?); "
+            "returning identity permutations",
+            stacklevel=2,
+        )
         return {n: jnp.arange(s) for n, s in sizes.items()}, {
-            "stats": {}, "batches": 0, "wall_s": time.perf_counter() - t0}
+            "stats": {},
+            "batches": 0,
+            "wall_s": time.perf_counter() - t0,
+        }
     perms, info_stats = {}, {}
     for name, per_site in stats.items():
         corr = sum(_correlation(s) for s in per_site)
@@ -195,9 +235,13 @@ def _site_stats(s, perm) -> dict:
     count = max(float(s["count"]), 1.0)
     perm = np.asarray(perm)
     std = lambda m2: np.sqrt(np.asarray(m2) / count)  # noqa: E731
-    return {"mean_a": np.asarray(s["mean_a"]), "std_a": std(s["m2_a"]),
-            "mean_b": np.asarray(s["mean_b"])[perm], "std_b": std(s["m2_b"])[perm],
-            "count": count}
+    return {
+        "mean_a": np.asarray(s["mean_a"]),
+        "std_a": std(s["m2_a"]),
+        "mean_b": np.asarray(s["mean_b"])[perm],
+        "std_b": std(s["m2_b"])[perm],
+        "count": count,
+    }
 
 
 def _make_step(analysis, sites):
@@ -215,7 +259,9 @@ def _make_step(analysis, sites):
         for name, entries in sites.items():
             new[name] = []
             for i, (key, axis, inner, n) in enumerate(entries):
-                s = _batch_stats(_features(fa[key], axis, inner, n), _features(fb[key], axis, inner, n))
+                s = _batch_stats(
+                    _features(fa[key], axis, inner, n), _features(fb[key], axis, inner, n)
+                )
                 new[name].append(_merge(stats[name][i], s))
         return new
 
@@ -224,8 +270,14 @@ def _make_step(analysis, sites):
 
 def _zero_stats(sites) -> dict:
     """Empty running statistics (count 0), so the jitted step has one signature."""
-    zero = lambda n: {"count": jnp.float32(0), "mean_a": jnp.zeros(n), "mean_b": jnp.zeros(n),  # noqa: E731
-                      "m2_a": jnp.zeros(n), "m2_b": jnp.zeros(n), "cross": jnp.zeros((n, n))}
+    zero = lambda n: {
+        "count": jnp.float32(0),
+        "mean_a": jnp.zeros(n),
+        "mean_b": jnp.zeros(n),  # noqa: E731
+        "m2_a": jnp.zeros(n),
+        "m2_b": jnp.zeros(n),
+        "cross": jnp.zeros((n, n)),
+    }
     return {name: [zero(n) for *_, n in entries] for name, entries in sites.items()}
 
 
@@ -239,12 +291,13 @@ def _sites(spec: PermutationSpec, analysis) -> dict[str, list[tuple[Any, int, in
             raise UserError(
                 f"activation matching: permutation {name!r} does not correspond to one "
                 f"permutation of the traced program (found {sorted(found) or 'none'}); was the "
-                "spec made for this model?")
+                "spec made for this model?"
+            )
         derived = found.pop()
         n = analysis.spec.sizes[derived]
-        sites[name] = [(key, axis, inner, n) for key, axis, inner in analysis.probes.get(derived, [])]
+        sites[name] = [
+            (key, axis, inner, n) for key, axis, inner in analysis.probes.get(derived, [])
+        ]
         if not sites[name]:
             del sites[name]
     return sites
-
-

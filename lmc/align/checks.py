@@ -49,6 +49,6 @@ def check_finite(tree, name: str) -> None:
         x = np.asarray(x)
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise UserError(
-            f"{name} has NaN or inf values in {_fmt(path)!r}; alignment needs finite weights "
-            "(did training diverge?)"
-        )
+                f"{name} has NaN or inf values in {_fmt(path)!r}; alignment needs finite weights "
+                "(did training diverge?)"
+            )

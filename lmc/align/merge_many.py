@@ -25,8 +25,14 @@ def _mean(trees):
     return jax.tree.map(lambda *xs: sum(jnp.asarray(x, jnp.float32) for x in xs) / len(xs), *trees)
 
 
-def merge_many(spec: PermutationSpec, models: Sequence, *, key=None, max_iter: int = 100,
-               wm_max_iter: int = 100):
+def merge_many(
+    spec: PermutationSpec,
+    models: Sequence,
+    *,
+    key=None,
+    max_iter: int = 100,
+    wm_max_iter: int = 100,
+):
     """Merge N models (params, or combined trees for a combined spec).
 
     Returns `(merged, perms, info)`: `perms[i]` aligns model i to the others
@@ -49,8 +55,14 @@ def merge_many(spec: PermutationSpec, models: Sequence, *, key=None, max_iter: i
         changed, total = False, 0.0
         for i in rng.permutation(n):
             target = _mean([aligned[j] for j in range(n) if j != i])
-            new, info = weight_matching(spec, target, models[i], max_iter=wm_max_iter,
-                                        key=jax.random.fold_in(key, it * n + int(i)), init=perms[i])
+            new, info = weight_matching(
+                spec,
+                target,
+                models[i],
+                max_iter=wm_max_iter,
+                key=jax.random.fold_in(key, it * n + int(i)),
+                init=perms[i],
+            )
             total += info["objective"][-1] if info["objective"] else 0.0
             if any(not np.array_equal(new[k], perms[i][k]) for k in new):
                 changed = True
@@ -60,5 +72,8 @@ def merge_many(spec: PermutationSpec, models: Sequence, *, key=None, max_iter: i
         if not changed:
             break
     merged = _mean(aligned)
-    return merged, perms, {"passes": passes, "objective": objectives,
-                           "wall_s": time.perf_counter() - t0}
+    return (
+        merged,
+        perms,
+        {"passes": passes, "objective": objectives, "wall_s": time.perf_counter() - t0},
+    )

@@ -69,12 +69,15 @@ def mlp_spec(tree) -> PermutationSpec:
 
 def cnn_spec(tree) -> PermutationSpec:
     """CNN: conv0 -> conv1 -> flatten (NHWC, channel fastest) -> dense -> head."""
-    return _spec({
-        "P_conv0": [*_out(tree, "conv0", 3), *_norm(tree, "norm0"), _in("conv1", 2)],
-        # The flattened axis is (H*W, C) with C fastest: a blocked entry, inner = 1.
-        "P_conv1": [*_out(tree, "conv1", 3), *_norm(tree, "norm1"), _in("dense", 0, inner=1)],
-        "P_dense": [*_out(tree, "dense", 1), _in("head", 0)],
-    }, tree)
+    return _spec(
+        {
+            "P_conv0": [*_out(tree, "conv0", 3), *_norm(tree, "norm0"), _in("conv1", 2)],
+            # The flattened axis is (H*W, C) with C fastest: a blocked entry, inner = 1.
+            "P_conv1": [*_out(tree, "conv1", 3), *_norm(tree, "norm1"), _in("dense", 0, inner=1)],
+            "P_dense": [*_out(tree, "dense", 1), _in("head", 0)],
+        },
+        tree,
+    )
 
 
 def vgg_spec(tree) -> PermutationSpec:
@@ -104,12 +107,17 @@ def resnet20_spec(tree) -> PermutationSpec:
         has_shortcut = "shortcut_conv" in tree[PARAMS][name]
         axes[f"P_stage{s}"] += [_in(f"{name}/conv1", 3), *_norm(tree, f"{name}/norm1")]
         if has_shortcut:
-            axes[f"P_stage{s}"] += [_in(f"{name}/shortcut_conv", 3),
-                                    *_norm(tree, f"{name}/shortcut_norm")]
+            axes[f"P_stage{s}"] += [
+                _in(f"{name}/shortcut_conv", 3),
+                *_norm(tree, f"{name}/shortcut_norm"),
+            ]
             axes[f"P_stage{source}"].append(_in(f"{name}/shortcut_conv", 2))
         axes[f"P_stage{source}"].append(_in(f"{name}/conv0", 2))
-        axes[f"P_{name}"] = [_in(f"{name}/conv0", 3), *_norm(tree, f"{name}/norm0"),
-                             _in(f"{name}/conv1", 2)]
+        axes[f"P_{name}"] = [
+            _in(f"{name}/conv0", 3),
+            *_norm(tree, f"{name}/norm0"),
+            _in(f"{name}/conv1", 2),
+        ]
     axes[f"P_stage{stages[-1]}"].append(_in("head", 0))
     return _spec(axes, tree)
 

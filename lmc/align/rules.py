@@ -157,7 +157,10 @@ def dot_general(g, eqn, ins, deps):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     for a, b in zip(lc, rc, strict=True):
         g.union(lhs[a], rhs[b])
-        for nodes, axis, dep, var in ((lhs, a, deps[0], eqn.invars[0]), (rhs, b, deps[1], eqn.invars[1])):
+        for nodes, axis, dep, var in (
+            (lhs, a, deps[0], eqn.invars[0]),
+            (rhs, b, deps[1], eqn.invars[1]),
+        ):
             if dep:
                 g.probe(var, nodes, axis)
     for a, b in zip(lb, rb, strict=True):
@@ -194,8 +197,9 @@ def conv(g, eqn, ins, deps):
 
 
 # ---- reductions and windows -----------------------------------------------------------
-@register("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
-          "reduce_xor")
+@register(
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "reduce_xor"
+)
 def reduce(g, eqn, ins, deps):
     # Order-free reductions: the reduced axis may be permuted (its class stays free).
     axes = set(eqn.params["axes"])
@@ -222,8 +226,12 @@ def reduce_window(g, eqn, ins, deps):
     out_shape = _shape(eqn.outvars[0])
     outs = []
     for i, n in enumerate(ins[0]):
-        trivial = (p["window_dimensions"][i] == 1 and p["window_strides"][i] == 1
-                   and tuple(p["padding"][i]) == (0, 0) and p["base_dilation"][i] == 1)
+        trivial = (
+            p["window_dimensions"][i] == 1
+            and p["window_strides"][i] == 1
+            and tuple(p["padding"][i]) == (0, 0)
+            and p["base_dilation"][i] == 1
+        )
         if trivial:
             outs.append(n)
         else:
@@ -252,8 +260,12 @@ def _pass_or_pin(g, nodes: Nodes, out_shape, keep: list[bool], reason: str) -> N
 def slice_(g, eqn, ins, deps):
     p = eqn.params
     strides = p["strides"] or (1,) * len(ins[0])
-    keep = [s == 0 and lim == g.size[n] and st == 1
-            for n, s, lim, st in zip(ins[0], p["start_indices"], p["limit_indices"], strides, strict=True)]
+    keep = [
+        s == 0 and lim == g.size[n] and st == 1
+        for n, s, lim, st in zip(
+            ins[0], p["start_indices"], p["limit_indices"], strides, strict=True
+        )
+    ]
     return [_pass_or_pin(g, ins[0], _shape(eqn.outvars[0]), keep, "sliced")]
 
 
@@ -340,8 +352,11 @@ def gather(g, eqn, ins, deps):
     sizes = eqn.params["slice_sizes"]
     out = g.fresh(_shape(eqn.outvars[0]))
     indexed = set(dn.collapsed_slice_dims) | set(dn.start_index_map) | set(dn.operand_batching_dims)
-    kept = [i for i in range(len(operand)) if i not in dn.collapsed_slice_dims
-            and i not in dn.operand_batching_dims]
+    kept = [
+        i
+        for i in range(len(operand))
+        if i not in dn.collapsed_slice_dims and i not in dn.operand_batching_dims
+    ]
     for i, od in zip(kept, dn.offset_dims, strict=True):
         if i not in indexed and sizes[i] == g.size[operand[i]]:
             g.union(operand[i], out[od])
@@ -363,8 +378,18 @@ def iota(g, eqn, ins, deps):
 
 
 # ---- calls and control flow ---------------------------------------------------------------
-@register("jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint", "custom_jvp_call",
-          "custom_vjp_call", "custom_vjp_call_jaxpr", "remat")
+@register(
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "remat2",
+    "checkpoint",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+)
 def call(g, eqn, ins, deps):
     """Walk the called program with the caller's nodes (the primal one for custom rules)."""
     p = eqn.params
@@ -394,8 +419,9 @@ def while_(g, eqn, ins, deps):
     nc, nb = p["cond_nconsts"], p["body_nconsts"]
     cconsts, bconsts, carry = ins[:nc], ins[nc : nc + nb], ins[nc + nb :]
     d = any(deps)
-    outs, _ = g.run_closed(p["body_jaxpr"], [*bconsts, *carry], [d] * (nb + len(carry)),
-                           g.context, record=False)
+    outs, _ = g.run_closed(
+        p["body_jaxpr"], [*bconsts, *carry], [d] * (nb + len(carry)), g.context, record=False
+    )
     for a, b in zip(carry, outs, strict=True):  # loop-carried: same axes every iteration
         g.union_all(a, b)
     g.run_closed(p["cond_jaxpr"], [*cconsts, *carry], [d] * (nc + len(carry)), g.context, False)
@@ -411,8 +437,13 @@ def scan(g, eqn, ins, deps):
     for nodes in xs:
         g.pin(nodes[0], "scanned axis")
     inner_in = [*consts, *carry, *(nodes[1:] for nodes in xs)]
-    outs, _ = g.run_closed(p["jaxpr"], [tuple(n) for n in inner_in], [any(deps)] * len(inner_in),
-                           g.context, record=False)
+    outs, _ = g.run_closed(
+        p["jaxpr"],
+        [tuple(n) for n in inner_in],
+        [any(deps)] * len(inner_in),
+        g.context,
+        record=False,
+    )
     carry_out, ys = outs[:ncarry], outs[ncarry:]
     for a, b in zip(carry, carry_out, strict=True):
         g.union_all(a, b)
@@ -422,5 +453,3 @@ def scan(g, eqn, ins, deps):
         g.pin(m, "scanned axis")
         result.append((m, *nodes))
     return result
-
-

@@ -71,8 +71,12 @@ class PermutationSpec:
     notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
-    def from_axes(cls, axes: Mapping[str, Iterable[Any]], sizes: Mapping[str, int] | None = None,
-                  notes: Iterable[str] = ()) -> PermutationSpec:
+    def from_axes(
+        cls,
+        axes: Mapping[str, Iterable[Any]],
+        sizes: Mapping[str, int] | None = None,
+        notes: Iterable[str] = (),
+    ) -> PermutationSpec:
         """`axes`: name -> [(path, axis[, inner]), ...] with path a tuple or 'a/b/c'.
 
         Without `sizes` every permutation must have an unblocked axis; sizes are then
@@ -125,7 +129,8 @@ class PermutationSpec:
         """Equal up to names (sizes are compared where both specs state them)."""
         mine, theirs = self.canonical(), other.canonical()
         return mine.keys() == theirs.keys() and all(
-            mine[k] is None or theirs[k] is None or mine[k] == theirs[k] for k in mine)
+            mine[k] is None or theirs[k] is None or mine[k] == theirs[k] for k in mine
+        )
 
     def diff(self, other: PermutationSpec) -> str:
         """Human-readable difference (for test failures), '' if equivalent."""
@@ -133,7 +138,9 @@ class PermutationSpec:
         lines = []
         for label, a, b in (("left ", mine, theirs), ("right", theirs, mine)):
             for refs in sorted(a.keys() - b.keys(), key=lambda r: sorted(r)):
-                lines.append(f"only in {label} (size {a[refs]}): {', '.join(map(str, sorted(refs)))}")
+                lines.append(
+                    f"only in {label} (size {a[refs]}): {', '.join(map(str, sorted(refs)))}"
+                )
         for refs in mine.keys() & theirs.keys():
             if None not in (mine[refs], theirs[refs]) and mine[refs] != theirs[refs]:
                 lines.append(f"sizes differ ({mine[refs]} vs {theirs[refs]}): {sorted(refs)[0]}")
@@ -142,7 +149,11 @@ class PermutationSpec:
     def table(self) -> str:
         """One row per permutation: name, size, the axes it acts on."""
         width = max([len(n) for n in self.axes] + [len("permutation")])
-        rows = [f"{'permutation':<{width}}  {'size':>6}  axes"] if self.axes else ["(no permutable axes)"]
+        rows = (
+            [f"{'permutation':<{width}}  {'size':>6}  axes"]
+            if self.axes
+            else ["(no permutable axes)"]
+        )
         for name, refs in self.axes.items():
             size = self.sizes.get(name, "?")
             rows.append(f"{name:<{width}}  {size:>6}  {', '.join(map(str, refs))}")
@@ -164,7 +175,11 @@ def get_leaf(tree: Any, path: Path) -> Any:
     for key in path:
         if isinstance(node, Mapping) and key in node:
             node = node[key]
-        elif isinstance(node, (list, tuple)) and isinstance(key, int) and -len(node) <= key < len(node):
+        elif (
+            isinstance(node, (list, tuple))
+            and isinstance(key, int)
+            and -len(node) <= key < len(node)
+        ):
             node = node[key]
         else:
             raise KeyError(path)
@@ -191,7 +206,9 @@ def set_leaves(tree: Any, updates: Mapping[Path, Any]) -> Any:
     return out
 
 
-def resolve(spec: PermutationSpec, tree: Any, *, for_weights: bool = False) -> tuple[PermutationSpec, Any]:
+def resolve(
+    spec: PermutationSpec, tree: Any, *, for_weights: bool = False
+) -> tuple[PermutationSpec, Any]:
     """The spec and tree to use together, accepting `params` alone for a combined spec.
 
     For weights (`for_weights=True`) a combined spec always reduces to its 'params'

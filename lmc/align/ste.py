@@ -23,9 +23,18 @@ from lmc.align.weight_matching import weight_matching
 from lmc.errors import UserError
 
 
-def ste(spec: PermutationSpec, params_a, params_b, loss_fn: Callable, batches: Iterable, *,
-        key=None, steps: int | None = None, optimizer: optax.GradientTransformation | None = None,
-        max_iter: int = 100):
+def ste(
+    spec: PermutationSpec,
+    params_a,
+    params_b,
+    loss_fn: Callable,
+    batches: Iterable,
+    *,
+    key=None,
+    steps: int | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    max_iter: int = 100,
+):
     """Permutations of B learned with the straight-through estimator.
 
     `loss_fn(params, batch) -> scalar` is evaluated on the midpoint between A and the
@@ -58,18 +67,31 @@ def ste(spec: PermutationSpec, params_a, params_b, loss_fn: Callable, batches: I
         if steps is not None and i >= steps:
             break
         if i > 0:  # step 0 projects A itself: the weight matching warm start
-            perms, info = weight_matching(spec, proxy, params_b, key=jax.random.fold_in(key, i),
-                                          max_iter=max_iter, init=perms)
+            perms, info = weight_matching(
+                spec, proxy, params_b, key=jax.random.fold_in(key, i), max_iter=max_iter, init=perms
+            )
             sweeps += info["sweeps"]
         projected = apply_permutation(spec, perms, params_b)
         proxy, opt_state, loss = update(proxy, opt_state, params_a, projected, batch)
         if not jnp.isfinite(loss):
-            raise UserError(f"ste: the midpoint loss became {float(loss)} at step {i}; "
-                            "lower the learning rate")
+            raise UserError(
+                f"ste: the midpoint loss became {float(loss)} at step {i}; lower the learning rate"
+            )
         losses.append(float(loss))
     if losses:  # the permutations of the final proxy
-        perms, info = weight_matching(spec, proxy, params_b, key=jax.random.fold_in(key, len(losses)),
-                                      max_iter=max_iter, init=perms)
+        perms, info = weight_matching(
+            spec,
+            proxy,
+            params_b,
+            key=jax.random.fold_in(key, len(losses)),
+            max_iter=max_iter,
+            init=perms,
+        )
         sweeps += info["sweeps"]
-    return perms, {"losses": losses, "steps": len(losses), "sweeps": sweeps,
-                   "init_objective": wm_info["objective"], "wall_s": time.perf_counter() - t0}
+    return perms, {
+        "losses": losses,
+        "steps": len(losses),
+        "sweeps": sweeps,
+        "init_objective": wm_info["objective"],
+        "wall_s": time.perf_counter() - t0,
+    }

@@ -104,8 +104,15 @@ class AxisGraph:
             self.composites.append((whole, factors))
 
     # ---- programs -----------------------------------------------------------------
-    def run(self, jaxpr, consts: Sequence[Nodes], args: Sequence[Nodes], deps: Sequence[bool],
-            context: tuple = (), record: bool = True) -> tuple[list[Nodes], list[bool]]:
+    def run(
+        self,
+        jaxpr,
+        consts: Sequence[Nodes],
+        args: Sequence[Nodes],
+        deps: Sequence[bool],
+        context: tuple = (),
+        record: bool = True,
+    ) -> tuple[list[Nodes], list[bool]]:
         """Walk `jaxpr` (open) with the given nodes for its constvars and invars.
 
         `context` is the chain of call-like equation indices leading here; together with
@@ -150,8 +157,9 @@ class AxisGraph:
         if self.record and not isinstance(var, jcore.Literal):
             self.probes.append(((self.context[:-1], var), nodes, axis))
 
-    def run_closed(self, closed, args: Sequence[Nodes], deps: Sequence[bool], context=(),
-                   record=True):
+    def run_closed(
+        self, closed, args: Sequence[Nodes], deps: Sequence[bool], context=(), record=True
+    ):
         """Walk a ClosedJaxpr or Jaxpr; captured constants have a fixed order: pinned."""
         jaxpr = getattr(closed, "jaxpr", closed)
         consts = []
@@ -208,8 +216,9 @@ class AxisGraph:
         sizes = [self.size[a] for a in atoms]
         return [(a, math.prod(sizes[i + 1 :])) for i, a in enumerate(atoms)]
 
-    def analyze(self, leaves: Sequence[tuple[Path, Nodes]], probes=(), values=(),
-                jaxpr=None) -> Analysis:
+    def analyze(
+        self, leaves: Sequence[tuple[Path, Nodes]], probes=(), values=(), jaxpr=None
+    ) -> Analysis:
         """Permutations (free atomic classes that reach a parameter) and their probes."""
         for path, nodes in leaves:
             if nodes and not set(nodes) & self.used:
@@ -252,7 +261,10 @@ def _names(refs: dict[int, list[AxisRef]], leaves) -> dict[int, str]:
     Preference goes to the first (in tree order, params before model state) unblocked
     entry on a leaf's last axis, i.e. a kernel's output or a bias/scale.
     """
-    order = {path: i for i, (path, _) in enumerate(sorted(leaves, key=lambda pn: pn[0][:1] != ("params",)))}
+    order = {
+        path: i
+        for i, (path, _) in enumerate(sorted(leaves, key=lambda pn: pn[0][:1] != ("params",)))
+    }
     names: dict[int, str] = {}
     used: set[str] = set()
     ndim = {path: len(nodes) for path, nodes in leaves}
@@ -301,8 +313,15 @@ def _is_static(x) -> bool:
     return isinstance(x, (bool, str)) or x is None or callable(x)
 
 
-def trace_into(graph: AxisGraph, fn: Callable, tree, args: Sequence[Any], leaf_nodes=None, *,
-               carry: Callable[[Any], dict[Path, Any]] | None = None):
+def trace_into(
+    graph: AxisGraph,
+    fn: Callable,
+    tree,
+    args: Sequence[Any],
+    leaf_nodes=None,
+    *,
+    carry: Callable[[Any], dict[Path, Any]] | None = None,
+):
     """Trace `fn(tree, *args)` and add its constraints to `graph`.
 
     `carry(out) -> {tree path: output leaf}` marks outputs that are new values of tree
@@ -331,13 +350,18 @@ def trace_into(graph: AxisGraph, fn: Callable, tree, args: Sequence[Any], leaf_n
     for nodes in arg_nodes:
         g.pin_all(nodes, "model input")
     g.probes, g.values = [], []
-    outs, _ = g.run_closed(closed, [*leaf_nodes, *arg_nodes],
-                           [False] * len(leaf_nodes) + [True] * len(arg_nodes))
+    outs, _ = g.run_closed(
+        closed, [*leaf_nodes, *arg_nodes], [False] * len(leaf_nodes) + [True] * len(arg_nodes)
+    )
     # Leaves the program never reads would otherwise look freely permutable.
     read = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars}
     read |= {id(v) for v in closed.jaxpr.outvars}
-    g.used.update(n for v, nodes in zip(closed.jaxpr.invars, leaf_nodes, strict=False)
-                  if id(v) in read for n in nodes)
+    g.used.update(
+        n
+        for v, nodes in zip(closed.jaxpr.invars, leaf_nodes, strict=False)
+        if id(v) in read
+        for n in nodes
+    )
     out_leaves = jax.tree_util.tree_leaves(out_shape)
     carried = {id(v): p for p, v in (carry(out_shape) if carry else {}).items()}
     index = {p: i for i, (p, _) in enumerate(paths)}
@@ -353,9 +377,12 @@ def trace_into(graph: AxisGraph, fn: Callable, tree, args: Sequence[Any], leaf_n
 def _warn_if_empty(spec: PermutationSpec) -> None:
     unknown = [n for n in spec.notes if n.startswith("unknown primitive")]
     if unknown and spec.axes:
-        warnings.warn("some axes were pinned conservatively: " + "; ".join(unknown)
-                      + " (add a rule to lmc.align.rules.RULES to permute through them)",
-                      stacklevel=3)
+        warnings.warn(
+            "some axes were pinned conservatively: "
+            + "; ".join(unknown)
+            + " (add a rule to lmc.align.rules.RULES to permute through them)",
+            stacklevel=3,
+        )
     if not spec.axes:
         warnings.warn(
             "no parameter axis of this model can be permuted (every hidden axis reaches the "

@@ -60,21 +60,35 @@ def transformer_spec(tree, positions: str | None = None) -> PermutationSpec:
         residual += _ln(f"{b}/ln1") + _ln(f"{b}/ln2")
         residual += [_ref(*attn, n, "kernel", 0) for n in ("query", "key", "value")]
         residual += [_ref(*attn, "out", "kernel", 2), _ref(*attn, "out", "bias", 0)]
-        residual += [_ref(b, "mlp", "fc1", "kernel", 0), _ref(b, "mlp", "fc2", "kernel", 1),
-                     _ref(b, "mlp", "fc2", "bias", 0)]
-        axes[f"P_{b}_mlp"] = [_ref(b, "mlp", "fc1", "kernel", 1), _ref(b, "mlp", "fc1", "bias", 0),
-                              _ref(b, "mlp", "fc2", "kernel", 0)]
+        residual += [
+            _ref(b, "mlp", "fc1", "kernel", 0),
+            _ref(b, "mlp", "fc2", "kernel", 1),
+            _ref(b, "mlp", "fc2", "bias", 0),
+        ]
+        axes[f"P_{b}_mlp"] = [
+            _ref(b, "mlp", "fc1", "kernel", 1),
+            _ref(b, "mlp", "fc1", "bias", 0),
+            _ref(b, "mlp", "fc2", "kernel", 0),
+        ]
         heads = [_ref(*attn, n, "kernel", 1) for n in ("query", "key", "value")]
         heads += [_ref(*attn, n, "bias", 0) for n in ("query", "key", "value")]
         axes[f"P_{b}_heads"] = [*heads, _ref(*attn, "out", "kernel", 0)]
         if positions != "rotary":
-            axes[f"P_{b}_qk"] = [_ref(*attn, n, leaf, axis) for n in ("query", "key")
-                                 for leaf, axis in (("kernel", 2), ("bias", 1))]
-        axes[f"P_{b}_vo"] = [_ref(*attn, "value", "kernel", 2), _ref(*attn, "value", "bias", 1),
-                             _ref(*attn, "out", "kernel", 1)]
+            axes[f"P_{b}_qk"] = [
+                _ref(*attn, n, leaf, axis)
+                for n in ("query", "key")
+                for leaf, axis in (("kernel", 2), ("bias", 1))
+            ]
+        axes[f"P_{b}_vo"] = [
+            _ref(*attn, "value", "kernel", 2),
+            _ref(*attn, "value", "bias", 1),
+            _ref(*attn, "out", "kernel", 1),
+        ]
     residual += _ln("ln_f") + [_ref("head", "kernel", 0)]
     # Every permutation lists an unblocked axis first: its size.
-    sizes = {n: int(np.shape(get_leaf(tree, refs[0].path))[refs[0].axis]) for n, refs in axes.items()}
+    sizes = {
+        n: int(np.shape(get_leaf(tree, refs[0].path))[refs[0].axis]) for n, refs in axes.items()
+    }
     return PermutationSpec(sizes, {n: tuple(refs) for n, refs in axes.items()})
 
 

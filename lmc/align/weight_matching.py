@@ -60,7 +60,9 @@ def unit_matrix(x: np.ndarray, axis: int, inner: int, n: int) -> np.ndarray:
     """x with the permuted factor of `axis` first, flattened to (n, -1) (host copy)."""
     shape = x.shape
     axis %= len(shape)
-    x = np.asarray(x).reshape((*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :]))
+    x = np.asarray(x).reshape(
+        (*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :])
+    )
     return np.moveaxis(x, axis + 1, 0).reshape((n, -1))
 
 
@@ -147,7 +149,9 @@ class Problem:
         index = {n: i for i, n in enumerate(self.names)}
         by_leaf = spec.by_leaf()
         self.paths = list(by_leaf)
-        self.leaf_refs = {p: [(index[n], r.axis, r.inner) for n, r in by_leaf[p]] for p in self.paths}
+        self.leaf_refs = {
+            p: [(index[n], r.axis, r.inner) for n, r in by_leaf[p]] for p in self.paths
+        }
         a = [np.asarray(get_leaf(tree_a, p), np.float32) for p in self.paths]
         b = [np.asarray(get_leaf(tree_b, p), np.float32) for p in self.paths]
         self.shapes = [x.shape for x in b]
@@ -160,7 +164,9 @@ class Problem:
                 self.entries[p].append((li, axis, inner, others))
         # J is linear in p (a step changes it by exactly new - old) unless p acts on
         # two axes of one leaf.
-        self.linear = all(p not in {o[0] for e in es for o in e[3]} for p, es in enumerate(self.entries))
+        self.linear = all(
+            p not in {o[0] for e in es for o in e[3]} for p, es in enumerate(self.entries)
+        )
         # A_p and B_p stacked as (M, n): B's other permutations then reorder rows,
         # and gathering rows is contiguous (gathering columns is 2-3x slower).
         self.a_t = [self._stack(p, a) for p in range(len(self.names))]
@@ -278,8 +284,15 @@ def prepare(spec: PermutationSpec, params_a, params_b, names=("params_a", "param
     return wspec, tree_a, tree_b, check_sizes(wspec, tree_a)
 
 
-def weight_matching(spec: PermutationSpec, params_a, params_b, *, key=None, max_iter: int = 100,
-                    init: Mapping[str, object] | None = None):
+def weight_matching(
+    spec: PermutationSpec,
+    params_a,
+    params_b,
+    *,
+    key=None,
+    max_iter: int = 100,
+    init: Mapping[str, object] | None = None,
+):
     """Permutations of B's hidden units that best match A's weights.
 
     Returns `(perms, info)`: `apply_permutation(spec, perms, params_b)` is B aligned
@@ -292,8 +305,9 @@ def weight_matching(spec: PermutationSpec, params_a, params_b, *, key=None, max_
     key = jax.random.key(0) if key is None else key
     wspec, tree_a, tree_b, sizes = prepare(spec, params_a, params_b)
     if not wspec.axes:
-        warnings.warn("the permutation spec is empty: nothing to align, returning identity",
-                      stacklevel=2)
+        warnings.warn(
+            "the permutation spec is empty: nothing to align, returning identity", stacklevel=2
+        )
         return {}, {"objective": [], "sweeps": 0, "wall_s": time.perf_counter() - t0}
     problem = Problem(wspec, sizes, tree_a, tree_b)
     perms = [initial(init, n, s) for n, s in zip(problem.names, problem.sizes, strict=True)]

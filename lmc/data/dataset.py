@@ -26,13 +26,15 @@ class Dataset:
     # Random crop + flip is standard for CIFAR-type natural images, wrong for digits.
     augmentable: bool = False
 
-    def train_batch(self, data_seed: int, step: int, batch_size: int,
-                    process: int = 0, num_processes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def train_batch(
+        self, data_seed: int, step: int, batch_size: int, process: int = 0, num_processes: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """This process's share of the global training batch at `step` (pure function)."""
         from lmc.data.order import process_batch_indices
 
-        idx = process_batch_indices(data_seed, step, batch_size, self.num_train, process,
-                                    num_processes)
+        idx = process_batch_indices(
+            data_seed, step, batch_size, self.num_train, process, num_processes
+        )
         return self.train_x[idx], self.train_y[idx]
 
     @property

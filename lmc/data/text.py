@@ -76,8 +76,9 @@ class TextDataset:
     augmentable: bool = False
 
     # ---- the Dataset interface ---------------------------------------------------
-    def train_batch(self, data_seed: int, step: int, batch_size: int,
-                    process: int = 0, num_processes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def train_batch(
+        self, data_seed: int, step: int, batch_size: int, process: int = 0, num_processes: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """This process's rows of the global batch at `step`: x, y int32 (rows, context)."""
         if batch_size <= 0:
             raise UserError(f"config.batch_size must be positive, got {batch_size}")
@@ -151,7 +152,9 @@ class TextDataset:
         """The same data restricted to one domain (e.g. code-only children of a mixed parent)."""
         for d in self.domains:
             if d.name == domain:
-                return dataclasses.replace(self, name=f"text:{domain}", domains=(d,), weights=(1.0,))
+                return dataclasses.replace(
+                    self, name=f"text:{domain}", domains=(d,), weights=(1.0,)
+                )
         raise UserError(f"dataset {self.name} has no domain {domain!r}; it has {self.domain_names}")
 
     def eval_splits(self, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -161,9 +164,13 @@ class TextDataset:
     def summary(self) -> dict:
         """Sizes and roots for results.json (file lists are long; counts only)."""
         return {
-            d.name: {"root": d.root, "train_files": len(d.train_files),
-                     "test_files": len(d.test_files), "train_tokens": int(len(d.train)),
-                     "test_tokens": int(len(d.test))}
+            d.name: {
+                "root": d.root,
+                "train_files": len(d.train_files),
+                "test_files": len(d.test_files),
+                "train_tokens": int(len(d.train)),
+                "test_tokens": int(len(d.test)),
+            }
             for d in self.domains
         }
 
@@ -218,7 +225,9 @@ def split_files(files: list[str], test_fraction: float) -> tuple[list[str], list
     return [f for f in ordered if f not in held], test
 
 
-def _read(root: Path, files: list[str], max_bytes: int, text_only: bool) -> tuple[np.ndarray, tuple]:
+def _read(
+    root: Path, files: list[str], max_bytes: int, text_only: bool
+) -> tuple[np.ndarray, tuple]:
     """Concatenate files (hash order) up to `max_bytes`, 0-separated; skips binary files."""
     chunks, used, total = [], [], 0
     for rel in files:
@@ -239,8 +248,15 @@ def _read(root: Path, files: list[str], max_bytes: int, text_only: bool) -> tupl
 
 
 @functools.lru_cache(maxsize=16)
-def load_domain(name: str, root: str, what: str, suffixes: tuple[str, ...] | None,
-                test_fraction: float, max_bytes: int, context: int) -> Domain:
+def load_domain(
+    name: str,
+    root: str,
+    what: str,
+    suffixes: tuple[str, ...] | None,
+    test_fraction: float,
+    max_bytes: int,
+    context: int,
+) -> Domain:
     """Read one corpus (cached: experiments load the same corpus several times)."""
     path = Path(root).expanduser()
     if not path.is_dir():
@@ -274,11 +290,17 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
     code_dir, prose_dir (None or '' means the default)."""
     unknown = set(options) - set(DEFAULTS) - {"code_dir", "prose_dir"}
     if unknown:
-        raise UserError(f"unknown text data option(s) {sorted(unknown)}; valid: "
-                        f"{sorted([*DEFAULTS, 'code_dir', 'prose_dir'])}")
+        raise UserError(
+            f"unknown text data option(s) {sorted(unknown)}; valid: "
+            f"{sorted([*DEFAULTS, 'code_dir', 'prose_dir'])}"
+        )
     opts = {k: v if options.get(k) in (None, "") else options[k] for k, v in DEFAULTS.items()}
     context, windows = int(opts["context"]), int(opts["eval_windows"])
-    test_fraction, max_bytes, mix = float(opts["test_fraction"]), int(opts["max_bytes"]), float(opts["mix"])
+    test_fraction, max_bytes, mix = (
+        float(opts["test_fraction"]),
+        int(opts["max_bytes"]),
+        float(opts["mix"]),
+    )
     if context <= 0:
         raise UserError(f"config.data.context must be positive, got {context}")
     if windows <= 0:
@@ -329,6 +351,8 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
         domain = load_domain("dir", str(directory), "text:dir (config.data.dir)", None, *common)
         domains, weights = (domain,), (1.0,)
     else:
-        raise UserError(f"unknown text source 'text:{source}'; valid: "
-                        + ", ".join(f"text:{s}" for s in SOURCES))
+        raise UserError(
+            f"unknown text source 'text:{source}'; valid: "
+            + ", ".join(f"text:{s}" for s in SOURCES)
+        )
     return TextDataset(f"text:{source}", domains, weights, context, windows)

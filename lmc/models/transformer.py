@@ -126,13 +126,26 @@ class Transformer(nn.Module):
         return nn.Dense(self.vocab, name="head")(x).astype(jnp.float32)
 
 
-def build_transformer(vocab: int, width=None, depth=None, norm=None, heads=None, context=None,
-                      mlp_ratio=None, positions=None) -> Transformer:
+def build_transformer(
+    vocab: int,
+    width=None,
+    depth=None,
+    norm=None,
+    heads=None,
+    context=None,
+    mlp_ratio=None,
+    positions=None,
+) -> Transformer:
     """The module from config values (None: the default), with config-named errors."""
     from lmc.errors import UserError, choose
 
-    values = {"width": width or 128, "depth": depth or 2, "heads": heads or 4,
-              "context": context or 64, "mlp_ratio": mlp_ratio or 4}
+    values = {
+        "width": width or 128,
+        "depth": depth or 2,
+        "heads": heads or 4,
+        "context": context or 64,
+        "mlp_ratio": mlp_ratio or 4,
+    }
     for key, value in values.items():
         if int(value) != value or value <= 0:
             raise UserError(f"config.model.{key} must be a positive integer, got {value!r}")
@@ -147,5 +160,12 @@ def build_transformer(vocab: int, width=None, depth=None, norm=None, heads=None,
         raise UserError(
             f"the transformer is pre-LayerNorm only: set config.model.norm='layernorm' (got {norm!r})"
         )
-    return Transformer(vocab, w, int(values["depth"]), h, int(values["context"]),
-                       int(values["mlp_ratio"]), positions)
+    return Transformer(
+        vocab,
+        w,
+        int(values["depth"]),
+        h,
+        int(values["context"]),
+        int(values["mlp_ratio"]),
+        positions,
+    )
