@@ -11,9 +11,7 @@ warmup, median of `repeats` (interleaved), and prints the ratio. The design targ
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,20 +20,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.common import median_times  # noqa: E402
 from lmc import evaluate, models  # noqa: E402
-
-
-def median_times(fns, repeats: int) -> list[float]:
-    """Median wall time of each fn; repeats interleaved so background load hits all alike."""
-    for fn in fns:
-        fn()  # warmup: compile
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def run(n=10_000, num_alphas=25, repeats=3, batch_size=1000, alpha_chunk=1, width=512, depth=3):
