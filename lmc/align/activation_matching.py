@@ -23,23 +23,13 @@ import numpy as np
 from jax.extend import core as jcore
 
 from lmc.align.checks import check_finite, check_same_structure
+from lmc.align.rules import CALL_PRIMITIVES
 from lmc.align.spec import PermutationSpec, check_sizes, resolve
 from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_paths
 from lmc.align.weight_matching import solve_assignment
 from lmc.errors import UserError
 
-CALLS = (
-    "jit",
-    "pjit",
-    "closed_call",
-    "core_call",
-    "remat2",
-    "checkpoint",
-    "custom_jvp_call",
-    "custom_vjp_call",
-    "custom_vjp_call_jaxpr",
-    "remat",
-)
+CALLS = CALL_PRIMITIVES
 
 
 def eval_with_probes(closed, args, wanted: set) -> dict:

@@ -378,7 +378,9 @@ def iota(g, eqn, ins, deps):
 
 
 # ---- calls and control flow ---------------------------------------------------------------
-@register(
+# Primitives that call a sub-jaxpr with the same inputs/outputs (also used by
+# activation matching to look inside them).
+CALL_PRIMITIVES = (
     "jit",
     "pjit",
     "closed_call",
@@ -390,6 +392,9 @@ def iota(g, eqn, ins, deps):
     "custom_vjp_call_jaxpr",
     "remat",
 )
+
+
+@register(*CALL_PRIMITIVES)
 def call(g, eqn, ins, deps):
     """Walk the called program with the caller's nodes (the primal one for custom rules)."""
     p = eqn.params
