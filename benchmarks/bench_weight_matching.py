@@ -16,6 +16,14 @@ from benchmarks.align_weight_matching import case, measure, reference_weight_mat
 from lmc import align
 
 
+def objective(spec, params_a, params_b, perms) -> float:
+    """J(P) = sum over leaves of <W_a, P(W_b)>, in float64, over the spec's weights."""
+    spec = spec.subtree("params") if spec.is_combined() else spec
+    aligned = align.apply_permutation(spec, {n: np.asarray(p) for n, p in perms.items()}, params_b)
+    pairs = zip(jax.tree.leaves(params_a), jax.tree.leaves(aligned), strict=True)
+    return float(sum(np.vdot(np.float64(a), np.float64(b)) for a, b in pairs))
+
+
 def run(quick: bool) -> list[dict]:
     cases = {
         "mlp_3x2048" if not quick else "mlp_3x256": (
@@ -41,14 +49,17 @@ def run(quick: bool) -> list[dict]:
             times.append((wall, ref_wall))
         wall, ref_wall = np.median(np.array(times), axis=0)
         same = all(np.array_equal(np.asarray(perms[n]), ref[n]) for n in ref)
+        ours_j, ref_j = objective(spec, pa, pb, perms), objective(spec, pa, pb, ref)
         rows.append(
             {
                 "name": f"weight_matching/{label}",
                 "ours_s": round(float(wall), 4),
                 "baseline_s": round(float(ref_wall), 4),
                 "ratio": round(float(ref_wall / wall), 2),
-                "detail": f"same permutations as the reference: {same}; sweeps {info['sweeps']} vs "
-                f"{ref_sweeps}; bar ratio >= 5",
+                "detail": f"objective J {ours_j:.6g} vs reference {ref_j:.6g} "
+                f"({'same or better' if ours_j >= ref_j - 1e-6 * abs(ref_j) else 'WORSE'}); "
+                f"same permutations: {same}; sweeps {info['sweeps']} vs {ref_sweeps}; "
+                "bar ratio >= 5",
             }
         )
     return rows

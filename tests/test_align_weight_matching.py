@@ -72,7 +72,7 @@ def test_result_is_a_fixed_point_and_objective_is_reported():
     problem = wm.Problem(spec, dict(spec.sizes), a, b)
     current = [np.asarray(perms[n]) for n in problem.names]
     for p in range(len(problem.names)):
-        cost = problem.full_cost(p, problem.rows(p, current))
+        cost = problem.cost(p, current)
         rows = np.arange(cost.shape[0])
         _, best = linear_sum_assignment(cost, maximize=True)
         assert cost[rows, best].sum() <= cost[rows, current[p]].sum() + 1e-4 * np.abs(cost).max()
@@ -87,6 +87,38 @@ def test_fast_paths_agree_with_the_plain_algorithm(monkeypatch):
     monkeypatch.setattr(wm, "JIT_MIN_MACS", 0)  # every product jitted
     monkeypatch.setattr(wm, "BACKEND", "jax")
     plain, info2 = align.weight_matching(spec, a, b, key=jax.random.key(1))
+    assert _recovered(fast, plain)
+    assert info["objective"][-1] == pytest.approx(info2["objective"][-1], rel=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["lapjv", "scipy"])
+def test_assignment_solvers_reach_the_optimum(monkeypatch, solver):
+    """Both solvers maximize; ties (integer costs) may break either way, same total."""
+    if solver == "lapjv":
+        pytest.importorskip("lap")
+    monkeypatch.setattr(wm, "SOLVER", solver)
+    rng = np.random.default_rng(0)
+    for cost in (
+        rng.normal(size=(64, 64)).astype(np.float32),
+        rng.integers(0, 3, size=(50, 50)).astype(np.float32),  # many ties
+        np.ones((5, 5)),
+    ):
+        cols = wm.solve_assignment(cost)
+        assert np.array_equal(np.sort(cols), np.arange(len(cost)))
+        _, best = linear_sum_assignment(cost, maximize=True)
+        rows = np.arange(len(cost))
+        assert cost[rows, cols].sum() == pytest.approx(cost[rows, best].sum(), rel=1e-6)
+
+
+def test_low_rank_updates_are_refreshed(monkeypatch):
+    """Every product low-rank, refreshed in full every 2 updates: same result."""
+    model, spec, shapes = model_spec_shapes("mlp", width=32, depth=3)
+    spec = spec.subtree("params")
+    a, b = (random_variables(model, s, shapes=shapes)["params"] for s in (5, 6))
+    plain, info = align.weight_matching(spec, a, b, key=jax.random.key(2))
+    monkeypatch.setattr(wm, "LOW_RANK_FRACTION", 1.0)
+    monkeypatch.setattr(wm, "MAX_LOW_RANK_UPDATES", 2)
+    fast, info2 = align.weight_matching(spec, a, b, key=jax.random.key(2))
     assert _recovered(fast, plain)
     assert info["objective"][-1] == pytest.approx(info2["objective"][-1], rel=1e-5)
 
