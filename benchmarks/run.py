@@ -30,6 +30,7 @@ BENCHMARKS = {
     "train_step": "benchmarks.bench_train_step",
     "population": "benchmarks.bench_population",
     "input_pipeline": "benchmarks.bench_input_pipeline",
+    "conv_grad": "benchmarks.bench_conv_grad",
 }
 
 

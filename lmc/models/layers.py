@@ -1,10 +1,11 @@
-"""Normalization choice shared by the conv nets."""
+"""Layers shared by the conv nets: normalization choice and convolutions."""
 
 import functools
 
 import flax.linen as nn
 
 from lmc.errors import choose
+from lmc.models.conv import conv_general_dilated
 
 NORMS = ("none", "batchnorm", "layernorm")
 
@@ -22,4 +23,6 @@ def make_norm(norm: str, train: bool, name: str):
     return lambda x: x
 
 
-conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME")
+# Every conv of the model zoo: flax's, with a cache-friendly weight gradient on CPU.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+conv3x3 = functools.partial(Conv, kernel_size=(3, 3), padding="SAME")

@@ -2,7 +2,7 @@
 
 import flax.linen as nn
 
-from lmc.models.layers import conv3x3, make_norm
+from lmc.models.layers import Conv, conv3x3, make_norm
 
 
 class BasicBlock(nn.Module):
@@ -18,7 +18,7 @@ class BasicBlock(nn.Module):
         y = make_norm(self.norm, train, "norm1")(y)
         if self.stride != 1 or x.shape[-1] != self.channels:
             # Projection shortcut (option B): its output joins the stage's residual stream.
-            x = nn.Conv(
+            x = Conv(
                 self.channels, (1, 1), strides=self.stride, use_bias=False, name="shortcut_conv"
             )(x)
             x = make_norm(self.norm, train, "shortcut_norm")(x)
