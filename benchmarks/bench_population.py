@@ -8,6 +8,7 @@ lmc's own step; the population stacks them and runs one jitted vmapped step
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -55,6 +56,29 @@ def run(quick: bool) -> list[dict]:
         jax.block_until_ready(out)
 
     t_pop, t_seq = median_times([population, sequential], 3)
+    # Diagnosis: the same two steps on device-resident batches (no input pipeline),
+    # and how busy one child's step keeps the device.
+    x, y = (jnp.asarray(a) for a in ds.train_batch(0, 0, batch))
+    xs, ys = jnp.stack([x] * K), jnp.stack([y] * K)
+
+    def one_child():
+        s = seq_states["s"][0]
+        for _ in range(steps):
+            s, out = single(s, x, y, keys[0])
+        seq_states["s"][0] = s
+        jax.block_until_ready(out)
+
+    def vmapped():
+        for _ in range(steps):
+            pop_state["s"], out = pop_step(pop_state["s"], xs, ys, stacked_keys)
+        jax.block_until_ready(out)
+
+    t_one, t_vmapped = median_times([one_child, vmapped], 3)
+    big = jnp.ones((1024, 1024), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    (t_matmul,) = median_times([lambda: jax.block_until_ready(matmul(big))], 5)
+    sizes = [28 * 28, width, width, width, 10]
+    flops = 6 * batch * sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
     return [
         row(
             f"population/mlp3x{width}_k{K}",
@@ -62,5 +86,14 @@ def run(quick: bool) -> list[dict]:
             t_seq,
             f"{K} children x {steps} steps, batch {batch}: one vmapped step vs {K} "
             f"sequential runs ({jax.default_backend()}); bar ratio >= 1.5",
-        )
+        ),
+        row(
+            f"population/mlp3x{width}_k{K}_step_only",
+            t_vmapped,
+            K * t_one,
+            f"the same steps on device-resident batches: vmapped K={K} vs {K} x one "
+            f"child; one child's step alone runs at {flops * steps / t_one / 1e9:.0f} "
+            f"GFLOP/s (matmul FLOPs) where a 1024^3 matmul reaches "
+            f"{2 * 1024**3 / t_matmul / 1e9:.0f}",
+        ),
     ]
