@@ -36,6 +36,7 @@ from lmc import sharding as sharding_lib
 from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset, crop_and_flip, steps_per_epoch
 from lmc.errors import UserError
+from lmc.evaluate.batching import padded_batches
 from lmc.models import Model
 from lmc.progress import Progress
 
@@ -360,7 +361,7 @@ def evaluate_sharded(model, params, model_state, x, y, mesh, batch_size: int = 1
     batch_size = sharding_lib.round_batch(min(batch_size, len(x)), mesh)
     fn = _eval_sums(model.apply, sharding_lib.batch_sharding(mesh))
     totals, in_flight = np.zeros(3), collections.deque()
-    for batch in metrics_lib.padded_batches(x, y, batch_size):
+    for batch in padded_batches(x, y, batch_size):
         xb, yb, mask = sharding_lib.shard_host_batch(batch, mesh)
         in_flight.append(fn(params, model_state, xb, yb, mask))
         if len(in_flight) > MAX_STEPS_IN_FLIGHT:  # see _run_steps

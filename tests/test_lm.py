@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmc import align, metrics, models
+from lmc import align, metrics, models, sharding
 from lmc.align.transformer_oracle import transformer_spec
 from lmc.errors import UserError
 from lmc.experiments import lm_common
+from lmc.train import evaluate_sharded
 
 
 @functools.cache
@@ -168,17 +169,22 @@ def test_weight_matching_undoes_a_planted_permutation():
     assert info["fraction_moved"]["P_residual"] > 0.5
 
 
-def test_metrics_evaluate_handles_token_labels_with_a_ragged_batch():
+def test_evaluate_sharded_handles_token_labels_with_a_ragged_batch():
     model = build()
     x = tokens((4, 16))
     y = tokens((4, 16), seed=1)
     params, state = perturbed_init(model)
     logits, _ = apply(model, params, state, x, False)
     want_loss = float(metrics.cross_entropy(logits, y).mean())
-    want_err = float(metrics.wrong(logits, y).mean())
-    got = metrics.evaluate(model.apply, params, state, np.asarray(x), np.asarray(y), batch_size=2)
-    assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
-    assert got["error"] == pytest.approx(want_err, abs=1e-6)
+    # 3 sequences in batches of 2: the second batch is padded and masked.
+    mesh = sharding.mesh_from_config(None)
+    got = evaluate_sharded(
+        model, params, state, np.asarray(x)[:3], np.asarray(y)[:3], mesh, batch_size=2
+    )
+    assert got["loss"] == pytest.approx(
+        float(metrics.cross_entropy(logits, y)[:3].mean()), rel=1e-5
+    )
+    assert got["error"] == pytest.approx(float(metrics.wrong(logits, y)[:3].mean()), abs=1e-6)
     # The LM evaluator agrees, and its curve ends are the endpoints' own metrics.
     splits = {"s": (np.asarray(x), np.asarray(y))}
     e = {"params": params, "model_state": state}

@@ -5,6 +5,7 @@ from conftest import small_config
 
 from lmc import data, models, spawn
 from lmc.errors import UserError
+from lmc.evaluate import evaluate
 from lmc.train import DivergenceError, Seeds, train
 
 
@@ -125,17 +126,15 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_default_digits_mlp_reaches_95_percent(tmp_path):
     from configs import default
-    from lmc import metrics
 
     c = default.get_config()
     c.progress = False
     c.mesh.data = 1
     ds, model = _setup(c)
     state = train(model=model, dataset=ds, config=c, run_dir=tmp_path, seeds=Seeds(1, 1, 1))
-    test = metrics.evaluate(
-        model.apply, state["params"], state["model_state"], ds.test_x, ds.test_y
-    )
-    assert test["error"] <= 0.05, test
+    endpoint = {"params": state["params"], "model_state": state["model_state"]}
+    test = evaluate(model.apply, endpoint, {"test": (ds.test_x, ds.test_y)})
+    assert test["test_error"] <= 0.05, test
 
 
 def test_population_training_matches_sequential_children(tmp_path):
