@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if len(argv) >= 2 else EXIT_USER_ERROR
     command = argv[1]
+    from lmc import compilation_cache
     from lmc.preemption import Preempted
+
+    compilation_cache.enable()
     from lmc.train import DivergenceError
 
     try:

@@ -1,15 +1,27 @@
 """Test setup: 8 fake CPU devices (set before JAX initializes) and shared fixtures."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 
+# One compilation cache for the whole session (xdist workers and the `lmc`
+# subprocesses share it), kept out of the user's ~/.cache.
+os.environ.setdefault(
+    "LMC_COMPILATION_CACHE",
+    os.path.join(tempfile.gettempdir(), f"lmc-test-compilation-cache-{os.getuid()}"),
+)
+
 import configs_path  # noqa: E402,F401  (puts the repo root on sys.path)
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
+
+from lmc import compilation_cache  # noqa: E402
+
+compilation_cache.enable()
 
 
 def small_config(**overrides) -> ml_collections.ConfigDict:
