@@ -72,14 +72,18 @@ PAD_ROWS = 1024
 SMALL_MACS = 2**24
 
 
-def unit_matrix(x: np.ndarray, axis: int, inner: int, n: int) -> np.ndarray:
-    """x with the permuted factor of `axis` first, flattened to (n, -1) (host copy)."""
+def unit_rows(x: np.ndarray, axis: int, inner: int, n: int) -> np.ndarray:
+    """x with the permuted factor of `axis` last, flattened to (-1, n).
+
+    Rows run over the other indices in C order (the grid `row_map` permutes). For a
+    permutation on the last axis (a kernel's output units) this is a view, no copy.
+    """
     shape = x.shape
     axis %= len(shape)
     x = np.asarray(x).reshape(
         (*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :])
     )
-    return np.moveaxis(x, axis + 1, 0).reshape((n, -1))
+    return np.moveaxis(x, axis + 1, -1).reshape((-1, n))
 
 
 def _permute_np(x: np.ndarray, perm: np.ndarray, axis: int, inner: int) -> np.ndarray:
@@ -235,8 +239,8 @@ class Problem:
         """The entries' unit matrices of p stacked as (M, n): B's other permutations
         then reorder rows, and gathering rows is contiguous (columns: 2-3x slower)."""
         n = self.sizes[p]
-        mats = [unit_matrix(leaves[li], axis, inner, n).T for li, axis, inner, _ in entries]
-        return np.ascontiguousarray(np.concatenate(mats, axis=0))
+        mats = [unit_rows(leaves[li], axis, inner, n) for li, axis, inner, _ in entries]
+        return np.ascontiguousarray(mats[0] if len(mats) == 1 else np.concatenate(mats, axis=0))
 
     def rows(self, p: int, group: Group, perms) -> np.ndarray:
         """The row map of the group's B rows under the current permutations."""
