@@ -1,4 +1,5 @@
-"""The tap weight gradient equals XLA's, and models pick it only where it applies."""
+"""The tap weight gradient equals XLA's, forward mode works, and models pick it only
+where it applies."""
 
 import importlib
 
@@ -64,9 +65,9 @@ def test_unsupported_convolutions_fall_back_to_xla(monkeypatch):
     plain = jax.make_jaxpr(
         lambda w: conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
     )(jnp.ones((3, 3, 4, 4)))
-    assert "custom_vjp_call" in str(plain)
+    assert "custom_jvp_call" in str(plain)
     for jaxpr in (grouped, dilated):
-        assert "custom_vjp_call" not in str(jaxpr)
+        assert "custom_jvp_call" not in str(jaxpr)
 
 
 def test_resnet_training_gradient_is_unchanged(monkeypatch):
@@ -102,5 +103,25 @@ def test_auto_uses_taps_only_for_large_inputs_on_cpu(monkeypatch):
             )(w)
         )
 
-    assert "custom_vjp_call" not in traced(8)  # 512 KiB: XLA's gradient
-    assert ("custom_vjp_call" in traced(32)) == (jax.default_backend() == "cpu")  # 2 MiB
+    assert "custom_jvp_call" not in traced(8)  # 512 KiB: XLA's gradient
+    assert ("custom_jvp_call" in traced(32)) == (jax.default_backend() == "cpu")  # 2 MiB
+
+
+def test_forward_mode_and_hessian_vector_products_work(monkeypatch):
+    """A custom JVP keeps jax.jvp (e.g. sharpness via Hessian-vector products) working."""
+    monkeypatch.setattr(conv, "WEIGHT_GRAD", "taps")
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=w.shape), jnp.float32)
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+
+    def loss(fn):
+        return lambda w: (jnp.tanh(fn(x, w, (1, 1), "SAME", dimension_numbers=dims)) ** 2).sum()
+
+    ours, xla = loss(conv.conv_general_dilated), loss(lax.conv_general_dilated)
+    np.testing.assert_allclose(jax.jvp(ours, (w,), (v,))[1], jax.jvp(xla, (w,), (v,))[1], rtol=1e-5)
+    hvp = lambda f: jax.jvp(jax.grad(f), (w,), (v,))[1]  # noqa: E731
+    np.testing.assert_allclose(
+        hvp(ours), hvp(xla), rtol=1e-4, atol=1e-4 * float(jnp.abs(hvp(xla)).max())
+    )

@@ -17,7 +17,8 @@ PyTorch. On GPU/TPU nothing changes (cuDNN / the TPU compiler handle this well).
 `nn.Conv(conv_general_dilated=...)`); it takes the custom path only for plain NHWC /
 HWIO convolutions (any stride and padding, no dilation, no groups) on a CPU backend,
 with inputs of at least TAPS_MIN_BYTES. Gradients agree with XLA's to float32
-rounding (tests/test_conv.py).
+rounding, and forward mode (`jax.jvp`, Hessian-vector products) works as before
+(tests/test_conv.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero, linear_call
 
 # Batch chunk for the weight gradient: about this many bytes of input per chunk.
 CHUNK_BYTES = 1 << 20
@@ -107,24 +109,35 @@ def _conv(x, w, strides, pads, precision):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def conv_tap_grad(x, w, strides, pads, precision=None):
-    """NHWC x HWIO convolution whose weight gradient is computed tap by tap."""
+    """NHWC x HWIO convolution whose weight gradient is computed tap by tap.
+
+    A custom JVP (not VJP), so forward mode (`jax.jvp`, Hessian-vector products) works
+    too: the tangent in w is a `linear_call` whose transpose is `weight_grad`, and the
+    tangent in x is XLA's own conv (its transpose, the input gradient, is fast).
+    """
     return _conv(x, w, strides, pads, precision)
 
 
-def _forward(x, w, strides, pads, precision):
-    return _conv(x, w, strides, pads, precision), (x, w)
+@functools.partial(conv_tap_grad.defjvp, symbolic_zeros=True)
+def _jvp(strides, pads, precision, primals, tangents):
+    x, w = primals
+    x_dot, w_dot = tangents
+    y = _conv(x, w, strides, pads, precision)
+    dy = jnp.zeros_like(y)
+    if not isinstance(x_dot, SymbolicZero):
+        dy = dy + _conv(x_dot, w, strides, pads, precision)
+    if not isinstance(w_dot, SymbolicZero):
 
+        def in_w(x, w_dot):
+            return _conv(x, w_dot, strides, pads, precision)
 
-def _backward(strides, pads, precision, residuals, g):
-    x, w = residuals
-    _, input_vjp = jax.vjp(lambda x: _conv(x, w, strides, pads, precision), x)
-    (dx,) = input_vjp(g)
-    return dx, weight_grad(x, g, w.shape, strides, pads).astype(w.dtype)
+        def in_w_transposed(x, g):
+            return weight_grad(x, g, w.shape, strides, pads).astype(w.dtype)
 
-
-conv_tap_grad.defvjp(_forward, _backward)
+        dy = dy + linear_call(in_w, in_w_transposed, x, w_dot)
+    return y, dy
 
 
 def weight_grad(x, g, w_shape, strides, pads):
