@@ -125,9 +125,9 @@ def _jvp(strides, pads, precision, primals, tangents):
     x, w = primals
     x_dot, w_dot = tangents
     y = _conv(x, w, strides, pads, precision)
-    dy = jnp.zeros_like(y)
+    terms = []  # JAX calls the rule only when x or w is perturbed
     if not isinstance(x_dot, SymbolicZero):
-        dy = dy + _conv(x_dot, w, strides, pads, precision)
+        terms.append(_conv(x_dot, w, strides, pads, precision))
     if not isinstance(w_dot, SymbolicZero):
 
         def in_w(x, w_dot):
@@ -136,8 +136,8 @@ def _jvp(strides, pads, precision, primals, tangents):
         def in_w_transposed(x, g):
             return weight_grad(x, g, w.shape, strides, pads).astype(w.dtype)
 
-        dy = dy + linear_call(in_w, in_w_transposed, x, w_dot)
-    return y, dy
+        terms.append(linear_call(in_w, in_w_transposed, x, w_dot))
+    return y, terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 def weight_grad(x, g, w_shape, strides, pads):
