@@ -117,10 +117,26 @@ def test_low_rank_updates_are_refreshed(monkeypatch):
     a, b = (random_variables(model, s, shapes=shapes)["params"] for s in (5, 6))
     plain, info = align.weight_matching(spec, a, b, key=jax.random.key(2))
     monkeypatch.setattr(wm, "LOW_RANK_FRACTION", 1.0)
-    monkeypatch.setattr(wm, "MAX_LOW_RANK_UPDATES", 2)
-    fast, info2 = align.weight_matching(spec, a, b, key=jax.random.key(2))
+    full_products = []
+    full_cost = wm.Problem.full_cost
+    monkeypatch.setattr(
+        wm.Problem,
+        "full_cost",
+        lambda self, g, rows: full_products.append(g) or full_cost(self, g, rows),
+    )
+
+    def run(max_updates):
+        monkeypatch.setattr(wm, "MAX_LOW_RANK_UPDATES", max_updates)
+        full_products.clear()
+        out = align.weight_matching(spec, a, b, key=jax.random.key(2))
+        return out, len(full_products)
+
+    (fast, info2), refreshed = run(2)
+    (_, _), never_refreshed = run(10**6)
     assert _recovered(fast, plain)
     assert info["objective"][-1] == pytest.approx(info2["objective"][-1], rel=1e-5)
+    # Without the cap only the first product of each group is full; with it, more are.
+    assert refreshed > never_refreshed
 
 
 def test_deterministic_and_warm_start():
