@@ -14,7 +14,7 @@ import optax
 from benchmarks.common import median_times
 from lmc import models
 from lmc.data.synthetic import load_synthetic
-from lmc.train import init_state, make_train_step
+from lmc.training import init_state, make_train_step
 
 
 def run(quick: bool) -> list[dict]:

@@ -2,7 +2,7 @@
 
 Both train the same 8 children (same seeds, same batches) for the same steps with
 lmc's own step; the population stacks them and runs one jitted vmapped step
-(`lmc.population`). Bar: >= 1.5x on CPU.
+(`lmc.training.population`). Bar: >= 1.5x on CPU.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import optax
 from benchmarks.common import median_times, row
 from lmc import models
 from lmc.data.synthetic import load_synthetic
-from lmc.population import make_population_step, stack
-from lmc.train import init_state, make_train_step
+from lmc.training import init_state, make_train_step
+from lmc.training.population import population_step, stack
+from lmc.training.step import step_function
 
 K = 8
 
@@ -42,7 +43,7 @@ def run(quick: bool) -> list[dict]:
             seq_states["s"][i] = s
         jax.block_until_ready(out)
 
-    pop_step = make_population_step(model, opt, augment=False)
+    pop_step = population_step(step_function(model, opt, augment=False))
     pop_state = {"s": stack([init_state(model, opt, i, ds.train_x[:1]) for i in range(K)])}
     stacked_keys = np.stack([np.asarray(k) for k in keys])
 

@@ -16,8 +16,8 @@ import optax
 
 from benchmarks.common import median_times, row
 from lmc import models
-from lmc.metrics import cross_entropy
-from lmc.train import init_state, make_train_step
+from lmc.evaluate.metrics import cross_entropy
+from lmc.training import init_state, make_train_step
 
 
 def _steps(fn, n):

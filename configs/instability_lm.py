@@ -15,21 +15,21 @@ Measured (one pair per k): test-loss barrier 0.047 nats at k=0, 0.021 at k=50 an
 init only are already nearly linearly connected on one corpus, and sharing half the
 trajectory makes the path convex.
 
-Uses the `lm_instability` experiment (the generic `instability` one evaluates with
-`lmc.evaluate`, which assumes one label per example).
+The generic `instability` experiment: the same code path as the image configs (the
+evaluator counts (N, T) labels per token).
 
 Literature: Frankle et al. (2020) find image networks become stable (barrier ~0)
 early in training; for LMs, fine-tuned children of one pretrained model are linearly
 connected (Neyshabur et al. 2020; Wortsman et al. 2022).
 """
 
-from lmc.experiments.lm_common import lm_base_config
+from lmc.config_base import lm_config
 
 
 def get_config(arg: str | None = None):
     del arg
-    c = lm_base_config()
-    c.experiment = "lm_instability"
+    c = lm_config()
+    c.experiment = "instability"
     c.data.name = "text:code"
     c.num_steps = 400
     c.spawn.mode = "spawn"

@@ -7,14 +7,16 @@ prose-only child, both trained to the same total step count; the children, their
 average, task arithmetic, the full interpolation path and a mixture model trained
 for the same number of steps are evaluated on held-out code and held-out prose files.
 k = 0 shares the init only; `lm.independent` adds a pair from different inits,
-averaged naively and after weight matching.
+averaged after each method of `config.eval.methods` (naive, weight matching, ...).
+Fork steps are `config.instability.spawn_steps`.
 
 Launch (8.6 minutes wall on 2 shared CPU cores, 7 training runs of <= 400 steps):
 
     lmc run --config=configs/lm_code_vs_prose.py --workdir=runs/lm_code_vs_prose
 
 Writes results.json (per-domain loss / perplexity / bits per byte / error of every
-model), table.md and lm_code_vs_prose.png (per-domain loss along each path).
+model) and code_vs_prose.png (per-domain loss along each path); `lmc report DIR`
+prints the table.
 
 Measured (one seed, mean held-out loss over both domains, nats/byte): mixture model
 2.20; fork at k=200 (half the steps shared): specialists 2.32 / 2.25, their average
@@ -28,16 +30,16 @@ initialized transformers need alignment first (Verma & Elbayad 2024; Ainsworth e
 2022 report large barriers for unaligned nets).
 """
 
-from lmc.experiments.lm_common import lm_base_config
+from lmc.config_base import lm_config
 
 
 def get_config(arg: str | None = None):
     del arg
-    c = lm_base_config()
-    c.experiment = "lm_code_vs_prose"
+    c = lm_config()
+    c.experiment = "code_vs_prose"
     c.data.name = "text:mixed"
     c.num_steps = 400
-    c.lm.spawn_steps = (0, 80, 200)
+    c.instability.spawn_steps = (0, 80, 200)
     c.lm.scales = (0.5, 1.0)  # s = 0.5 is exactly the average (a built-in check)
     c.lm.independent = True
     c.spawn.child_seeds = (1, 2)  # code child's data seed; prose child's data (and init) seed

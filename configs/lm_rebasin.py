@@ -4,7 +4,11 @@ Two 2-layer, width-128 transformers from different init seeds (and data orders) 
 trained on the Python standard library's sources (`text:code`); the loss barrier on
 the straight line between them is measured naively and after weight matching over
 the transformer's permutation symmetries (residual stream, MLP units, heads, within-
-head query/key and value/output dimensions; see lmc/align/transformer_oracle.py).
+head query/key and value/output dimensions), derived from the traced program.
+Any of `naive`, `weight_matching`, `activation_matching`, `ste` (with `+repair`) runs:
+
+    lmc run --config=configs/lm_rebasin.py \\
+        --config.eval.methods="('naive','weight_matching','activation_matching','ste')"
 
 Launch (2.2 minutes wall on 2 shared CPU cores):
 
@@ -19,13 +23,13 @@ transformer models from different initializations") find that permutation alignm
 lowers, but does not remove, the barrier between independently trained transformers.
 """
 
-from lmc.experiments.lm_common import lm_base_config
+from lmc.config_base import lm_config
 
 
 def get_config(arg: str | None = None):
     del arg
-    c = lm_base_config()
-    c.experiment = "lm_pair"
+    c = lm_config()
+    c.experiment = "pair"
     c.data.name = "text:code"
     c.num_steps = 400
     c.spawn.mode = "independent"

@@ -1,6 +1,12 @@
-"""The base config: every key, with the defaults of `configs/default.py`.
+"""The base configs, one per model family: the only place config defaults live.
 
-Paper configs in `configs/` start from `base_config()` and change what differs.
+- `base_config()`: every key any experiment reads, with the defaults of
+  `configs/default.py` (image classification).
+- `lm_config()`: `base_config()` plus the keys of text data and the transformer, with
+  the language-model defaults (`configs/lm_*.py`).
+
+Paper configs in `configs/` start from one of them and change what differs; code reads
+`config.x.y` directly (never `.get(key, default)`), so an unknown key fails at once.
 """
 
 import ml_collections
@@ -89,4 +95,49 @@ def base_config() -> ml_collections.ConfigDict:
     c.width.num_pairs = 1
     c.merge = ml_collections.ConfigDict()
     c.merge.num_models = 3
+    return c
+
+
+def lm_config() -> ml_collections.ConfigDict:
+    """`base_config()` with the keys of text data and the transformer, and the defaults
+    the `configs/lm_*.py` share: a 2-layer, width-128, 4-head byte-level transformer
+    with 64-byte context, trained with Adam (warmup + cosine) on batches of 16 windows.
+    Sized to train in minutes on 2 CPU cores."""
+    c = base_config()
+    c.data.name = "text:mixed"
+    c.data.context = 64
+    c.data.eval_windows = 96  # fixed evaluation windows per domain and split
+    c.data.test_fraction = 0.1  # fraction of files held out (by hash of the path)
+    c.data.max_bytes = 4_000_000  # per domain and split
+    c.data.mix = 0.5  # text:mixed: probability that a training window is code
+    c.data.code_dir = ""  # "" = the Python standard library
+    c.data.prose_dir = ""  # "" = /usr/share/doc/python3.11/html/_sources
+
+    c.model.name = "transformer"
+    c.model.width = 128
+    c.model.depth = 2
+    c.model.heads = 4
+    c.model.context = 64
+    c.model.mlp_ratio = 4
+    c.model.positions = "learned"  # "rotary" removes the within-head Q/K permutation
+    c.model.norm = "layernorm"
+
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 4e-3  # best of {2e-3, 4e-3, 8e-3} at 300 steps
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_steps = 50
+    c.batch_size = 16
+    c.num_steps = 400
+    c.log_every_steps = 50
+
+    c.eval.num_alphas = 9
+    c.eval.batch_size = 128
+    c.eval.train_subset = 0  # text: the fixed held-in windows (config.data.eval_windows)
+    c.eval.methods = ("naive", "weight_matching")
+
+    # code_vs_prose: task-arithmetic scales, and the extra pair from independent inits.
+    # Its fork steps are config.instability.spawn_steps.
+    c.lm = ml_collections.ConfigDict()
+    c.lm.scales = (0.5, 1.0)
+    c.lm.independent = True
     return c

@@ -15,3 +15,10 @@ def choose(kind: str, value: str, valid) -> None:
     valid = sorted(valid)
     if value not in valid:
         raise UserError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
+
+
+# Exit codes of the `lmc` command (README "Errors"): one definition for run and sweep.
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to continue

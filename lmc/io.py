@@ -18,8 +18,10 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    if not is_writer():
+def write_bytes_atomic(path: str | Path, data: bytes, *, any_process: bool = False) -> None:
+    """`any_process=True` writes from whichever process calls (and never asks JAX for the
+    process index, which would start a backend: the sweep driver must not claim devices)."""
+    if not any_process and not is_writer():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,8 +38,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+def write_json_atomic(path: str | Path, obj, *, any_process: bool = False) -> None:
+    data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+    write_bytes_atomic(path, data, any_process=any_process)
 
 
 def read_json(path: str | Path):

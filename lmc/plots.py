@@ -24,9 +24,9 @@ METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 _GRID = (("train_loss", "train_error"), ("test_loss", "test_error"))  # rows x cols
 _LABELS = {
     "train_loss": "train loss (nats)",
-    "train_error": "train error",
+    "train_error": "train error (%)",
     "test_loss": "test loss (nats)",
-    "test_error": "test error",
+    "test_error": "test error (%)",
 }
 _DPI = 120
 
@@ -53,7 +53,7 @@ def plot_curves(results: dict, path) -> Path:
                 if metric in entry["curves"]:
                     ax.plot(entry["alphas"], entry["curves"][metric], marker="o", markersize=3,
                             linewidth=1.6, color=colors[name], label=name)  # fmt: skip
-            ax.set_title(_LABELS[metric])
+            ax.set_title(_label(results, metric))
             if row == 1:
                 ax.set_xlabel("alpha  (0 = network A, 1 = network B)")
             _style_metric_axis(ax, metric)
@@ -115,7 +115,7 @@ def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier") -> Path:
                         color=colors[name], label=name)  # fmt: skip
                 ax.fill_between(xs, low, high, color=colors[name], alpha=0.18, linewidth=0)
             ax.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
-            ax.set_title(f"{kind.replace('_', ' ')}: {_LABELS[metric]}")
+            ax.set_title(f"{kind.replace('_', ' ')}: {_label(results, metric)}")
             if row == 1:
                 ax.set_xlabel(_x_label(x_key))
             _style_metric_axis(ax, metric)
@@ -123,9 +123,41 @@ def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier") -> Path:
     _legend(fig, colors, {name: name for name in names}, ncols=4)
     num_pairs = {e.get("num_pairs") for p in points for e in p.get("methods", {}).values()}
     num_pairs.discard(None)
-    subtitle = f"mean ± std over {'/'.join(map(str, sorted(num_pairs)))} pairs" if num_pairs else ""
+    counts = "/".join(map(str, sorted(num_pairs)))
+    subtitle = (
+        f"mean ± std over {counts} pair{'' if num_pairs == {1} else 's'}" if num_pairs else ""
+    )
     fig.suptitle(_title(results, f"{kind.replace('_', ' ')} vs {x_key}  {subtitle}"), fontsize=13)
     return _save(fig, path)
+
+
+def plot_merge(results: dict, path) -> Path:
+    """merge_many: test loss and error of every model, their plain average and the
+    MergeMany merge, as bars (the merge should sit near the models, the naive average
+    far above them)."""
+    networks = [(f"model {i}", m) for i, m in enumerate(results["models"])]
+    networks += [("naive average", results["naive_average"]), ("MergeMany", results["merged"])]
+    names = [n for n, _ in networks]
+    colors = ["C7"] * len(results["models"]) + ["C3", "C0"]
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    for ax, metric in zip(fig.subplots(1, 2), ("test_loss", "test_error"), strict=True):
+        values = [m[metric] for _, m in networks]
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), names, rotation=20, ha="right")
+        ax.set_title(_label(results, metric))
+        for i, v in enumerate(values):
+            ax.annotate(_fmt(metric, v), (i, v), ha="center", va="bottom", fontsize=8)
+        _style_metric_axis(ax, metric)
+    fig.suptitle(_title(results, "merged models"), fontsize=13)
+    return _save(fig, path)
+
+
+def _label(results: dict, metric: str) -> str:
+    """Panel title; losses of byte-level language models are per byte."""
+    data = str(((results.get("config") or {}).get("data") or {}).get("name", ""))
+    if data.startswith("text:") and metric.endswith("loss"):
+        return _LABELS[metric].replace("(nats)", "(nats per byte)")
+    return _LABELS[metric]
 
 
 def _legend(fig: Figure, colors: dict, labels: dict, ncols: int) -> None:

@@ -30,12 +30,12 @@ class Progress:
         )
         sys.stderr.flush()
 
-    def report(self, line: str) -> None:
+    def report(self, line: str, name: str | None = None) -> None:
         """A line that stays (evaluations); shown on terminals and in logs alike."""
         if not self.enabled:
             return
         prefix = "\r\x1b[K" if self.tty else ""
-        sys.stderr.write(f"{prefix}{self.name}: {line}\n")
+        sys.stderr.write(f"{prefix}{name or self.name}: {line}\n")
         sys.stderr.flush()
 
     def close(self) -> None:

@@ -48,16 +48,16 @@ def test_width_points(tmp_path):
 
 
 def test_failed_method_is_recorded_and_others_survive(tmp_path, monkeypatch):
-    from lmc.experiments import common
+    from lmc.experiments import methods
 
-    real = common.align_endpoint
+    real = methods.align_endpoint
 
     def broken(base, *args, **kwargs):
         if base == "weight_matching":
             raise RuntimeError("solver exploded")
         return real(base, *args, **kwargs)
 
-    monkeypatch.setattr(common, "align_endpoint", broken)
+    monkeypatch.setattr(methods, "align_endpoint", broken)
     c = small_config(num_steps=10)
     results = run_experiment(c, tmp_path)
     assert "solver exploded" in results["methods"]["weight_matching"]["error"]
@@ -78,7 +78,7 @@ def test_failed_method_is_recorded_and_others_survive(tmp_path, monkeypatch):
             "child seeds",
         ),
         ({"experiment": "width", "width.multipliers": (0.5, -1.0)}, "positive"),
-        ({"experiment": "merge_many", "merge.num_models": 5}, "needs 5 seeds"),
+        ({"experiment": "merge_many", "merge.num_models": 5}, "needs 5 child seeds"),
         ({"experiment": "nope"}, "valid experiments"),
     ],
 )

@@ -1,4 +1,5 @@
-"""LM experiments end to end on tiny corpora: lm_code_vs_prose, lm_pair, lm_instability."""
+"""Language models through the one experiment engine, end to end on tiny corpora:
+pair (every alignment method), instability, width, merge_many and code_vs_prose."""
 
 import json
 from pathlib import Path
@@ -6,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmc.config_base import lm_config
 from lmc.errors import UserError
-from lmc.experiments import lm_code_vs_prose, run_experiment
-from lmc.experiments.lm_common import lm_base_config
+from lmc.experiments import code_vs_prose, run_experiment
 
 WORDS = {
     "code": "def f(x):\n    return x + 1\nclass A:\n    pass\nimport os\nfor i in range(3):\n",
@@ -27,7 +28,7 @@ def corpus(root: Path, kind: str, suffix: str) -> str:
 
 
 def tiny_lm_config(tmp_path, experiment):
-    c = lm_base_config()
+    c = lm_config()
     c.experiment = experiment
     c.data.code_dir = corpus(tmp_path / "code", "code", ".py")
     c.data.prose_dir = corpus(tmp_path / "prose", "prose", ".txt")
@@ -41,16 +42,17 @@ def tiny_lm_config(tmp_path, experiment):
     c.eval.num_alphas = 3
     c.eval.batch_size = 16
     c.align.max_iter = 5
-    c.lm.spawn_steps = (0,)  # k > 0 forks: covered by lm_instability below
-    c.instability.spawn_steps = (3,)
+    c.instability.spawn_steps = (0,)  # k > 0 forks: covered by the instability test
     return c
 
 
 def test_code_vs_prose_end_to_end(tmp_path):
-    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+    c = tiny_lm_config(tmp_path, "code_vs_prose")
+    c.spawn.population = True  # the code and prose children train as one population
     results = run_experiment(c, tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert on_disk["complete"] and on_disk["experiment"] == "lm_code_vs_prose"
+    assert on_disk["complete"] and on_disk["experiment"] == "code_vs_prose"
+    assert list((tmp_path / "run" / "k0").glob("population_*"))
     per_domain = {"code", "prose", "mean"}
     metric_keys = {"loss", "perplexity", "bits_per_byte", "error"}
     assert set(results["mixture"]) == per_domain
@@ -84,34 +86,61 @@ def test_code_vs_prose_end_to_end(tmp_path):
     assert ind["init_seeds"][0] != ind["init_seeds"][1]
     # k=0's code child is the independent pair's code child: same init, same data.
     assert ind["models"]["code_child"] == results["spawn"][0]["models"]["code_child"]
-    png = tmp_path / "run" / lm_code_vs_prose.PLOT_FILE
+    png = tmp_path / "run" / code_vs_prose.PLOT_FILE
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "task_arithmetic_s1" in (tmp_path / "run" / "table.md").read_text()
+    from lmc.report import report_dirs
+
+    assert "task_arithmetic_s1" in report_dirs([str(tmp_path / "run")])
 
 
-def test_lm_pair_and_instability_have_the_standard_schema(tmp_path):
-    c = tiny_lm_config(tmp_path, "lm_pair")
+def test_lm_pair_runs_every_alignment_method(tmp_path):
+    c = tiny_lm_config(tmp_path, "pair")
     c.data.name = "text:code"
+    c.eval.methods = ("naive", "weight_matching", "activation_matching", "ste",
+                      "weight_matching+repair")  # fmt: skip
+    c.align.ste_steps = 3
+    c.align.activation_batches = 2
     results = run_experiment(c, tmp_path / "pair")
     assert set(results["endpoints"]["a"]) >= {
-        "train_loss",
-        "test_loss",
-        "test_error",
-        "test_perplexity",
-    }
-    for method in ("naive", "weight_matching"):
+        "train_loss", "test_loss", "test_error", "test_perplexity", "test_bits_per_byte",
+    }  # fmt: skip
+    assert "code" in results["data"]
+    for method in c.eval.methods:
         entry = results["methods"][method]
-        assert "error" not in entry, entry.get("traceback")
+        assert "error" not in entry, (method, entry.get("traceback"))
         assert set(entry["barrier"]) == {"train_loss", "train_error", "test_loss", "test_error"}
         assert len(entry["curves"]["test_loss"]) == 3
+    assert (tmp_path / "pair" / "curves.png").exists()
 
-    c = tiny_lm_config(tmp_path, "lm_instability")
+
+def test_lm_instability_width_and_merge_many_run(tmp_path):
+    c = tiny_lm_config(tmp_path, "instability")
     c.data.name = "text:code"
     c.spawn.mode = "spawn"
+    c.instability.spawn_steps = (0, 3)
     c.eval.methods = ("naive",)
     results = run_experiment(c, tmp_path / "instab")
-    assert [p["spawn_step"] for p in results["points"]] == [3]
+    assert [p["spawn_step"] for p in results["points"]] == [0, 3]
     assert "barrier_mean" in results["points"][0]["methods"]["naive"]
+    assert (tmp_path / "instab" / "barrier_vs_k.png").exists()
+
+    c = tiny_lm_config(tmp_path, "width")
+    c.data.name = "text:code"
+    c.width.multipliers = (1.0, 2.0)  # d_model 16 and 32, 2 heads each
+    results = run_experiment(c, tmp_path / "width")
+    assert [p["model_width"] for p in results["points"]] == [16, 32]
+    for point in results["points"]:
+        assert set(point["methods"]) == {"naive", "weight_matching"}
+        assert "error" not in point["methods"]["weight_matching"]
+
+    c = tiny_lm_config(tmp_path, "merge_many")
+    c.data.name = "text:code"
+    c.merge.num_models = 3
+    c.spawn.child_seeds = (1, 2, 3)
+    results = run_experiment(c, tmp_path / "merge")
+    assert len(results["models"]) == 3
+    assert "test_perplexity" in results["merged"]
+    assert (tmp_path / "merge" / "merge.png").exists()
 
 
 def test_lm_configs_validate_and_reject_bad_settings(tmp_path):
@@ -121,19 +150,27 @@ def test_lm_configs_validate_and_reject_bad_settings(tmp_path):
     for module in (cfg_cvp, lm_rebasin, instability_lm):
         c = module.get_config()
         assert c.model.name == "transformer" and c.data.name.startswith("text:")
-    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
-    c.lm.spawn_steps = (0, 6)  # 6 = num_steps
+    c = tiny_lm_config(tmp_path, "code_vs_prose")
+    c.instability.spawn_steps = (0, 6)  # 6 = num_steps
     with pytest.raises(UserError, match="spawn_steps"):
-        lm_code_vs_prose.validate(c)
-    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
-    c.eval.methods = ("naive+repair",)
-    with pytest.raises(UserError, match="not supported for language models"):
-        lm_code_vs_prose.validate(c)
-    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+        code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "code_vs_prose")
+    c.eval.methods = ("naive+reset",)
+    with pytest.raises(UserError, match="has none; use \\+repair"):
+        code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "code_vs_prose")
     c.data.context = 32
     with pytest.raises(UserError, match="config.model.context"):
-        lm_code_vs_prose.validate(c)
-    c = tiny_lm_config(tmp_path, "lm_code_vs_prose")
+        code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "code_vs_prose")
     c.data.name = "text:code"
     with pytest.raises(UserError, match="text:mixed"):
-        lm_code_vs_prose.validate(c)
+        code_vs_prose.validate(c)
+    c = tiny_lm_config(tmp_path, "pair")
+    c.model.name = "mlp"
+    with pytest.raises(UserError, match="does not fit"):
+        run_experiment(c, tmp_path / "bad")
+    c = tiny_lm_config(tmp_path, "pair")
+    c.eval.methods = "naive,weight_matching"
+    with pytest.raises(UserError, match="tuple"):
+        run_experiment(c, tmp_path / "bad")

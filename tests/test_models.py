@@ -6,7 +6,7 @@ import pytest
 
 from lmc import models
 from lmc.errors import UserError
-from lmc.metrics import cross_entropy
+from lmc.evaluate.metrics import cross_entropy
 
 CASES = [
     ("mlp", dict(width=32, depth=2)),

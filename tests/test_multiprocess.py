@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmc.sweep import format_value
+from lmc.cli.sweep import format_value
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "launch" / "local_multihost.sh"
@@ -81,9 +81,9 @@ def _assert_numbers_close(r1: dict, r2: dict) -> None:
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_two_processes_match_one_and_their_checkpoints_restore_in_one(tmp_path):
-    from lmc import data, models, spawn
+    from lmc import data, models, training
     from lmc.experiments import run_experiment
-    from lmc.train import train
+    from lmc.training import train
 
     two, one = tmp_path / "two", tmp_path / "one"
     args = [f"--config.{k}={format_value(v)}" for k, v in OVERRIDES.items()]
@@ -116,7 +116,7 @@ def test_two_processes_match_one_and_their_checkpoints_restore_in_one(tmp_path):
     model = models.from_config(config.model, ds.num_classes)
     metrics_before = (two / "child_1" / "metrics.jsonl").read_text()
     state = train(model=model, dataset=ds, config=config, run_dir=two / "child_1",
-                  seeds=spawn.child_seeds(config, 1))  # fmt: skip
+                  seeds=training.child_seeds(config, 1))  # fmt: skip
     assert int(state["step"]) == 30
     assert (two / "child_1" / "metrics.jsonl").read_text() == metrics_before
     _assert_close(state["params"], _final_params(one, "child_1"))

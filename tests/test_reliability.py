@@ -16,7 +16,7 @@ from conftest import small_config
 
 from lmc import data, models
 from lmc.checkpoint import Checkpointer
-from lmc.train import Seeds, train
+from lmc.training import Seeds, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

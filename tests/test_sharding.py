@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from lmc import data, evaluate, models, sharding, spawn
+from lmc import data, evaluate, models, sharding, training
 from lmc.errors import UserError
-from lmc.train import Seeds, train
+from lmc.training import Seeds, train
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -40,10 +40,9 @@ def test_data_parallel_equals_single_device_params_curves_barriers(tmp_path):
     ends = {}
     for n in (1, 8):
         c = _with_mesh(small_config(), data=n)
-        states = spawn.make_siblings(c, tmp_path / f"mesh{n}", model, ds)
-        ends[n] = [spawn.endpoint(s) for s in states]
+        ends[n] = training.siblings(c, tmp_path / f"mesh{n}", model, ds, (0, 1))
         # Public behaviour: the final state comes back on one local device.
-        leaf = jax.tree.leaves(states[0]["params"])[0]
+        leaf = jax.tree.leaves(ends[n][0]["params"])[0]
         assert leaf.sharding.device_set == {jax.local_devices()[0]}
     for a, b in zip(ends[1], ends[8], strict=True):
         _assert_close(a, b)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lmc import cli, sweep
+from lmc import cli
+from lmc.cli import sweep
+from lmc.errors import EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +97,7 @@ def test_tuple_and_string_values_round_trip_through_the_command_line(tmp_path, c
 def test_bad_sweep_points_error_before_launching_anything(tmp_path, capsys, point, message):
     cfg = _config_file(tmp_path, point=point)
     workdir = tmp_path / "w"
-    assert _main(f"--config={cfg}", f"--workdir={workdir}") == cli.EXIT_USER_ERROR
+    assert _main(f"--config={cfg}", f"--workdir={workdir}") == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "lmc: error:" in err and "Traceback" not in err
     assert re.search(message, err), err
@@ -104,7 +106,7 @@ def test_bad_sweep_points_error_before_launching_anything(tmp_path, capsys, poin
 
 def test_config_without_sweep_function_is_a_user_error(tmp_path, capsys):
     rc = _main("--config=configs/default.py", f"--workdir={tmp_path / 'w'}")
-    assert rc == cli.EXIT_USER_ERROR
+    assert rc == EXIT_USER_ERROR
     assert "defines no sweep()" in capsys.readouterr().err
 
 
@@ -113,7 +115,7 @@ def test_second_sweep_on_the_same_dir_is_refused(tmp_path, capsys):
     workdir = tmp_path / "w"
     workdir.mkdir()
     with sweep._lock(workdir):  # another sweep holds DIR/.sweep.lock
-        assert _main(f"--config={cfg}", f"--workdir={workdir}") == cli.EXIT_USER_ERROR
+        assert _main(f"--config={cfg}", f"--workdir={workdir}") == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "another `lmc sweep` is running on" in err and f"pid {os.getpid()}" in err
     assert not any(workdir.glob("spawn.step=*"))
@@ -191,3 +193,13 @@ def test_sweep_runs_all_points_survives_a_kill_and_resumes(tmp_path, capsys):
     assert "4 already done, 0 to run" in capsys.readouterr().err
     assert cli.main(["lmc", "report", str(workdir)]) == 0
     assert capsys.readouterr().out.count("| naive") == 4
+
+
+def test_points_use_the_same_compilation_cache_settings_as_lmc_run(tmp_path, monkeypatch):
+    # A point is an `lmc run`: it must see LMC_COMPILATION_CACHE (size cap, lock, =off),
+    # not a JAX_COMPILATION_CACHE_DIR of the sweep's own, which lmc run would defer to.
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LMC_COMPILATION_CACHE", "off")
+    env = sweep.child_env(tmp_path)
+    assert "JAX_COMPILATION_CACHE_DIR" not in env
+    assert env["LMC_COMPILATION_CACHE"] == "off"

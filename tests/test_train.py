@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from lmc import data, models, spawn
+from lmc import data, models, training
 from lmc.errors import UserError
 from lmc.evaluate import evaluate
-from lmc.train import DivergenceError, Seeds, train
+from lmc.training import Child, DivergenceError, Seeds, train
 
 
 def _setup(config):
@@ -17,6 +17,13 @@ def _setup(config):
 
 def _assert_trees_equal(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def _children(c, workdir, model, ds, indices, k):
+    """Final endpoints of children `indices` spawned at step k (parent trained first)."""
+    training.train_parent(c, workdir, model, ds, [k])
+    kids = [Child(i, workdir / f"child_{i}", k) for i in indices]
+    return training.train_children(c, workdir, model, ds, kids)
 
 
 def _trees_differ(a, b):
@@ -70,22 +77,21 @@ def test_resume_after_checkpoint_is_bitwise_identical(tmp_path):
 def test_children_same_seeds_identical_different_seeds_differ(tmp_path):
     c = small_config(**{"spawn.mode": "spawn", "spawn.step": 10, "spawn.child_seeds": (5, 5, 6)})
     ds, model = _setup(c)
-    spawn.train_parent(c, tmp_path, model, ds, [10])
-    kids = [spawn.train_child(c, tmp_path, model, ds, i, 10) for i in range(3)]
+    kids = _children(c, tmp_path, model, ds, range(3), 10)
     _assert_trees_equal(kids[0]["params"], kids[1]["params"])
     assert _trees_differ(kids[0]["params"], kids[2]["params"])
     # Children start from the parent's step-10 state, optimizer and schedule included.
-    parent = spawn.load_parent(c, tmp_path, model, ds, 10)
+    parent = training.load_parent(c, tmp_path, model, ds, 10)
     assert int(parent["step"]) == 10
-    assert int(kids[0]["step"]) == c.num_steps
+    assert sorted(int(p.name) for p in (tmp_path / "child_0" / "checkpoints").iterdir()
+                  if p.name.isdigit())[-1] == c.num_steps  # fmt: skip
 
 
 def test_spawn_from_parent_equals_uninterrupted_training_with_same_seeds(tmp_path):
     # A child whose seeds equal the parent's continues the parent's exact trajectory.
     c = small_config(**{"spawn.mode": "spawn", "spawn.step": 15, "spawn.child_seeds": (0,)})
     ds, model = _setup(c)
-    spawn.train_parent(c, tmp_path, model, ds, [15])
-    child = spawn.train_child(c, tmp_path, model, ds, 0, 15)
+    (child,) = _children(c, tmp_path, model, ds, [0], 15)
     straight = train(
         model=model, dataset=ds, config=c, run_dir=tmp_path / "straight", seeds=Seeds(0, 0, 0)
     )
@@ -95,7 +101,7 @@ def test_spawn_from_parent_equals_uninterrupted_training_with_same_seeds(tmp_pat
 def test_independent_children_have_different_inits(tmp_path):
     c = small_config(num_steps=5)
     ds, model = _setup(c)
-    a, b = spawn.make_siblings(c, tmp_path, model, ds)
+    a, b = training.siblings(c, tmp_path, model, ds, (0, 1))
     assert _trees_differ(a["params"], b["params"])
 
 
@@ -103,7 +109,7 @@ def test_spawn_step_out_of_range_errors_before_training(tmp_path):
     c = small_config(**{"spawn.mode": "spawn", "spawn.step": 40})
     ds, model = _setup(c)
     with pytest.raises(UserError, match="spawn step 40"):
-        spawn.make_siblings(c, tmp_path, model, ds)
+        training.validate_spawn(c, ds, [c.spawn.step])
     assert not (tmp_path / "parent").exists()
 
 
@@ -137,18 +143,86 @@ def test_default_digits_mlp_reaches_95_percent(tmp_path):
     assert test["test_error"] <= 0.05, test
 
 
-def test_population_training_matches_sequential_children(tmp_path):
+def test_population_training_is_bitwise_identical_to_sequential_children(tmp_path):
+    # README: "on one device the result is bitwise identical to training them one after
+    # another". vmap over the same step and the same batches: no tolerance.
     c = small_config(**{"spawn.mode": "spawn", "spawn.step": 10, "spawn.child_seeds": (1, 2, 3)})
+    c.eval_every_steps = 15
     ds, model = _setup(c)
-    spawn.train_parent(c, tmp_path / "seq", model, ds, [10])
-    sequential = [spawn.train_child(c, tmp_path / "seq", model, ds, i, 10) for i in range(3)]
+    sequential = _children(c, tmp_path / "seq", model, ds, range(3), 10)
     c.spawn.population = True
-    together = spawn.make_siblings(c, tmp_path / "pop", model, ds, num_children=3)
-    assert (tmp_path / "pop" / "population" / "checkpoints").is_dir()
+    together = training.siblings(c, tmp_path / "pop", model, ds, range(3))
+    assert list((tmp_path / "pop").glob("population_*/checkpoints"))
     for a, b in zip(sequential, together, strict=True):
-        jax.tree.map(
-            lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
-            a["params"],
-            b["params"],
-        )
+        _assert_trees_equal(a, b)
     assert _trees_differ(together[0]["params"], together[1]["params"])
+    # One metrics.jsonl per child, with the train-time evaluations of eval_every_steps.
+    for i in range(3):
+        seq = (tmp_path / "seq" / f"child_{i}" / "metrics.jsonl").read_text().splitlines()
+        pop = (tmp_path / "pop" / f"child_{i}" / "metrics.jsonl").read_text().splitlines()
+        strip = lambda lines: [line.split('"wall_s"')[0] for line in lines]
+        assert strip(seq) == strip(pop)
+        assert sum('"test_loss"' in line for line in pop) == 3  # steps 15, 30 and the end (40)
+
+
+def test_population_sigterm_checkpoints_exits_75_and_resumes_bitwise(tmp_path):
+    """SIGTERM during population training: checkpoint + exit 75; the rerun finishes
+    bitwise identical to an uninterrupted run (results.json, params, metrics)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from configs_path import ROOT
+
+    overrides = [
+        "--config.data.name=synthetic", "--config.model.width=32", "--config.model.depth=2",
+        "--config.batch_size=32", "--config.num_steps=300", "--config.progress=False",
+        "--config.eval.num_alphas=3", "--config.eval.train_subset=128",
+        "--config.eval.methods=('naive',)", "--config.mesh.data=1",
+        "--config.spawn.population=True", "--config.spawn.child_seeds=(1, 2)",
+        "--config.log_every_steps=10",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(workdir, **kw):
+        cmd = [sys.executable, "-m", "lmc.cli", "run", f"--workdir={workdir}", *overrides]
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, **kw)
+
+    full = run(tmp_path / "full")
+    assert full.wait(300) == 0, full.stderr.read()
+    cut = run(tmp_path / "cut")
+    metrics = tmp_path / "cut" / "child_0" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and cut.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break  # training is under way (step >= 30 of 300)
+        time.sleep(0.05)
+    cut.send_signal(signal.SIGTERM)
+    rc, err = cut.wait(120), cut.stderr.read()
+    assert rc == 75, err
+    assert "preempted" in err
+    assert not (tmp_path / "cut" / "results.json").exists()
+    stacked = next((tmp_path / "cut").glob("population_*/checkpoints"))
+    saved = [int(p.name) for p in stacked.iterdir() if p.name.isdigit()]
+    assert saved and 0 < max(saved) < 300  # the preemption checkpoint
+    resumed = run(tmp_path / "cut")
+    rc, err = resumed.wait(300), resumed.stderr.read()
+    assert rc == 0, err
+    assert "resuming from step" in err
+
+    def strip(results):
+        results["provenance"].pop("wall_s"), results["provenance"].pop("config_file", None)
+        return results
+
+    a = strip(json.loads((tmp_path / "full" / "results.json").read_text()))
+    b = strip(json.loads((tmp_path / "cut" / "results.json").read_text()))
+    assert a == b
+    for i in range(2):
+        f = (tmp_path / "full" / f"child_{i}" / "metrics.jsonl").read_text().splitlines()
+        g = (tmp_path / "cut" / f"child_{i}" / "metrics.jsonl").read_text().splitlines()
+        assert [line.split('"wall_s"')[0] for line in f] == [
+            line.split('"wall_s"')[0] for line in g
+        ]

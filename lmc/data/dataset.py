@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class Dataset:
     num_classes: int
     # Random crop + flip is standard for CIFAR-type natural images, wrong for digits.
     augmentable: bool = False
+    kind: ClassVar[str] = "image"  # "text" for lmc.data.text.TextDataset
 
     def train_batch(
         self, data_seed: int, step: int, batch_size: int, process: int = 0, num_processes: int = 1

@@ -37,6 +37,7 @@ import hashlib
 import os
 import sysconfig
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -74,6 +75,7 @@ class TextDataset:
     eval_windows: int
     num_classes: int = VOCAB
     augmentable: bool = False
+    kind: ClassVar[str] = "text"
 
     # ---- the Dataset interface ---------------------------------------------------
     def train_batch(

@@ -16,9 +16,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lmc.errors import UserError
+from lmc.evaluate import metrics as metrics_lib
 from lmc.evaluate import normalization
 from lmc.evaluate.batching import padded_batches, splits_of
 from lmc.evaluate.batching import stats_batches as draw_stats_batches
@@ -182,11 +182,10 @@ def _eval_batch(apply_fn, params_a, params_b, alphas, states, corrections, x, y,
         params = lerp(params_a, params_b, alpha)
         with layer_hooks(affine_hook(correction), keys=correction.keys()):
             logits, _ = apply_fn(params, state, x, False)
-        logits = logits.astype(jnp.float32)
         # Labels may carry extra axes (a language model's (batch, time) targets): every
         # label position counts, padded rows none.
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        miss = jnp.argmax(logits, axis=-1) != y
+        loss = metrics_lib.cross_entropy(logits, y)
+        miss = metrics_lib.wrong(logits, y)
         valid = mask.reshape(mask.shape + (1,) * (y.ndim - 1))
         return jnp.sum(jnp.where(valid, loss, 0.0)), jnp.sum(miss & valid, dtype=jnp.int32)
 

@@ -1,9 +1,16 @@
 """End-to-end experiments, selected by `config.experiment` and run by `lmc run`.
 
-Each experiment is `run(config, workdir) -> dict` returning the experiment-specific
-part of results.json (`endpoints`, `methods`, `points`, ...); `run_experiment` adds
-the envelope (schema_version, complete, config, provenance), writes results.json
-atomically and draws the plots from it.
+Every experiment is a module with
+
+    validate(config) -> None                  # everything checkable before training
+    run(config, workdir) -> dict              # the experiment's part of results.json
+    plot(results, workdir) -> list[Path]      # its figures, from results.json alone
+    table(runs: [(name, results)]) -> str     # its Markdown table (`lmc report`)
+
+and works for every model family and data kind (images or text). `run_experiment`
+adds the envelope (schema_version, complete, config, provenance; see
+docs/results_schema.md), writes results.json atomically and draws the plots;
+`lmc report` dispatches on `results["experiment"]`.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ import importlib
 import logging
 import time
 from pathlib import Path
+from types import ModuleType
 
-from lmc.errors import choose
+from lmc.errors import UserError, choose
 from lmc.experiments import workdir as workdir_lib
 from lmc.io import is_writer, write_json_atomic
 from lmc.provenance import config_to_dict, provenance
@@ -25,25 +33,33 @@ EXPERIMENTS = {
     "instability": "lmc.experiments.instability",
     "width": "lmc.experiments.width",
     "merge_many": "lmc.experiments.merge_many",
-    "lm_pair": "lmc.experiments.lm_pair",
-    "lm_instability": "lmc.experiments.lm_instability",
-    "lm_code_vs_prose": "lmc.experiments.lm_code_vs_prose",
+    "code_vs_prose": "lmc.experiments.code_vs_prose",
 }
+# Names of the language-model experiments before they became the general ones.
+ALIASES = {"lm_pair": "pair", "lm_instability": "instability", "lm_code_vs_prose": "code_vs_prose"}
 SCHEMA_VERSION = 1
+
+
+def module_for(name: str) -> ModuleType:
+    """The module of experiment `name` (an alias resolves to its experiment)."""
+    name = ALIASES.get(name, name)
+    choose("experiment", name, EXPERIMENTS)
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+def validate(config) -> None:
+    """Check everything that can be checked without training, so a typo does not
+    surface after an hour of compute."""
+    module_for(config.experiment).validate(config)
 
 
 def run_experiment(
     config, workdir: str | Path, *, overwrite: bool = False, config_file: str | None = None
 ) -> dict:
-    choose("experiment", config.experiment, EXPERIMENTS)
-    module = importlib.import_module(EXPERIMENTS[config.experiment])
+    module = module_for(config.experiment)
     config_dict = config_to_dict(config)
-    workdir = Path(workdir)
-    results_path = workdir / workdir_lib.RESULTS_FILE
-    # Validate everything that can be checked without training first, so a typo does
-    # not surface after an hour of compute.
     module.validate(config)
-    workdir = workdir_lib.prepare(workdir, config_dict, overwrite)
+    workdir = workdir_lib.prepare(Path(workdir), config_dict, overwrite)
     t0 = time.perf_counter()
     body = module.run(config, workdir)
     results = {
@@ -57,20 +73,26 @@ def run_experiment(
     if config_file:
         results["provenance"]["config_file"] = config_file
     if is_writer():
-        write_json_atomic(results_path, results)
-        _plot(results, workdir)
+        write_json_atomic(workdir / workdir_lib.RESULTS_FILE, results)
+        plot(results, workdir)
     return results
 
 
-def _plot(results: dict, workdir: Path) -> None:
-    from lmc import plots
-
+def plot(results: dict, workdir: Path) -> list[Path]:
+    """The experiment's figures; a failed plot is a warning, never a lost result."""
     try:
-        if "methods" in results:
-            plots.plot_curves(results, workdir / "curves.png")
-        if "points" in results:
-            x_key = results.get("sweep_key", "spawn_step")
-            name = {"spawn_step": "k"}.get(x_key, x_key)
-            plots.plot_sweep(results, workdir / f"barrier_vs_{name}.png", x_key)
-    except Exception as e:  # a plot must never cost the results
+        return module_for(results["experiment"]).plot(results, workdir)
+    except Exception as e:
         log.warning("plotting failed: %s", e)
+        return []
+
+
+def table(runs: list[tuple[str, dict]]) -> str:
+    """Markdown tables of finished runs, one per experiment kind, in order of appearance."""
+    groups: dict[str, list] = {}
+    for name, results in runs:
+        experiment = results.get("experiment")
+        if experiment is None:
+            raise UserError(f"{name}: results.json has no 'experiment' key (not an lmc result?)")
+        groups.setdefault(ALIASES.get(experiment, experiment), []).append((name, results))
+    return "\n\n".join(module_for(kind).table(group) for kind, group in groups.items())

@@ -1,12 +1,15 @@
-"""`instability`: Frankle et al. (2020)'s instability analysis.
+"""`instability`: Frankle et al. (2020)'s instability analysis, for any model and data.
 
-For each spawn step k in `config.instability.spawn_steps`, children continued from
-the parent's step-k checkpoint with different data order/augmentation are trained to
-the end and interpolated pairwise; the barrier's mean and std over pairs is reported
-versus k. A network is "stable" from step k on when the barrier is ~0.
+One parent is trained to the largest spawn step k of `config.instability.spawn_steps`
+(every k kept); at each k, `config.instability.num_pairs` pairs of children continue
+from its checkpoint with different data order/augmentation, train to the end and are
+interpolated pairwise. The barrier's mean and std over pairs is reported versus k. A
+network is "stable" from step k on when the barrier is ~0.
 
-Layout: parent/ (trained once, to the largest k, every k kept), k<k>/child_<i>/.
-Children 2j and 2j+1 form pair j (seeds from config.spawn.child_seeds).
+Layout: parent/, k<k>/child_<i>/ (children 2j and 2j+1 form pair j, seeds from
+config.spawn.child_seeds). Outputs: results.json `points`, barrier_vs_k.png.
+
+    lmc run --config=configs/instability_mlp_fashion_mnist.py --workdir=runs/instab
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lmc import spawn
+from lmc import plots, training
 from lmc.errors import UserError
-from lmc.experiments import common, pair
-from lmc.experiments.sweep_stats import summarize
+from lmc.experiments import compare, setup, tables
+from lmc.experiments.methods import validate_methods
 
 log = logging.getLogger(__name__)
+SWEEP_KEY = "spawn_step"
 
 
 def spawn_steps(config) -> list[int]:
     steps = [int(k) for k in config.instability.spawn_steps]
     if not steps:
-        raise UserError("config.instability.spawn_steps is empty")
+        raise UserError("config.instability.spawn_steps is empty; give the spawn steps k")
     if len(set(steps)) != len(steps):
         raise UserError(f"config.instability.spawn_steps has duplicates: {steps}")
     return sorted(steps)
@@ -35,60 +39,53 @@ def num_pairs(config) -> int:
     n = int(config.instability.num_pairs)
     if n < 1:
         raise UserError(f"config.instability.num_pairs must be >= 1, got {n}")
-    if len(config.spawn.child_seeds) < 2 * n:
-        raise UserError(
-            f"config.instability.num_pairs={n} needs {2 * n} child seeds, but "
-            f"config.spawn.child_seeds has {len(config.spawn.child_seeds)}"
-        )
+    training.check_num_children(config, 2 * n, f"config.instability.num_pairs={n}")
     return n
 
 
 def validate(config) -> None:
     if config.spawn.mode != "spawn":
         raise UserError("the instability experiment spawns children: set config.spawn.mode='spawn'")
-    dataset = common.load_data(config)
-    common.validate_methods(config, common.model_has_batchnorm(config, dataset))
-    spawn.validate(config, dataset, spawn_steps(config))
+    dataset = setup.load_data(config)
+    model = setup.load_model(config, dataset)
+    validate_methods(config, setup.has_batchnorm(model, dataset))
+    training.validate_spawn(config, dataset, spawn_steps(config), "config.instability.spawn_steps")
     num_pairs(config)
 
 
 def run(config, workdir: Path) -> dict:
-    dataset = common.load_data(config)
-    model = common.load_model(config, dataset)
+    dataset = setup.load_data(config)
+    model = setup.load_model(config, dataset)
     steps = spawn_steps(config)
-    spawn.train_parent(config, workdir, model, dataset, steps)
+    training.train_parent(config, workdir, model, dataset, steps)
     points = []
     for k in steps:
-        pairs = []
-        for j in range(num_pairs(config)):
-            ends = []
-            for i in (2 * j, 2 * j + 1):
-                state = spawn.train_child(
-                    config, workdir, model, dataset, i, k, run_dir=workdir / f"k{k}" / f"child_{i}"
-                )
-                ends.append(spawn.endpoint(state))
-            pairs.append(pair.compare_pair(config, model, dataset, *ends))
+        children = [training.Child(i, workdir / f"k{k}" / f"child_{i}", k)
+                    for i in range(2 * num_pairs(config))]  # fmt: skip
+        ends = training.train_children(config, workdir, model, dataset, children)
+        pairs = [compare.compare_pair(config, model, dataset, *ends[2 * j : 2 * j + 2])
+                 for j in range(len(ends) // 2)]  # fmt: skip
         points.append(
-            {"spawn_step": k, "methods": summarize(pairs), "pairs": pairs_barriers(pairs)}
+            {
+                SWEEP_KEY: k,
+                "methods": compare.summarize(pairs),
+                "pairs": compare.pair_barriers(pairs),
+            }  # fmt: skip
         )
         log.info(
-            "spawn step %d: %s",
-            k,
-            {
-                m: v.get("barrier_mean", {}).get("test_error")
-                for m, v in points[-1]["methods"].items()
-            },
-        )
-    return {"sweep_key": "spawn_step", "points": points}
+            "spawn step %d: test-loss barrier %s", k,
+            {m: v.get("barrier_mean", {}).get("test_loss") for m, v in points[-1]["methods"].items()},
+        )  # fmt: skip
+    body = {"sweep_key": SWEEP_KEY, "points": points}
+    if dataset.kind == "text":
+        body["data"] = dataset.summary()
+    return body
 
 
-def pairs_barriers(pairs: list[dict]) -> list[dict]:
-    """Per-pair barriers (curves dropped to keep results.json small)."""
-    return [
-        {
-            m: {k: e[k] for k in ("barrier", "barrier_vs_mean") if k in e}
-            | ({"error": e["error"]} if "error" in e else {})
-            for m, e in p.items()
-        }
-        for p in pairs
-    ]
+def plot(results: dict, workdir: Path) -> list[Path]:
+    return [plots.plot_sweep(results, Path(workdir) / "barrier_vs_k.png", SWEEP_KEY)]
+
+
+def table(runs: list[tuple[str, dict]]) -> str:
+    rows = [row for run, results in runs for row in tables.point_rows(run, results)]
+    return tables.markdown(tables.HEADER, rows)

@@ -1,9 +1,9 @@
-"""`merge_many`: N independently trained models merged into one (Git Re-Basin's MergeMany).
+"""`merge_many`: N models merged into one (Git Re-Basin's MergeMany), for any model family.
 
-Each model is permuted towards the running mean of the others (weight matching) and
-the aligned models are averaged. Reported: each model's metrics, the plain average
-of the unaligned weights (the naive merge) and the MergeMany merge. For BatchNorm
-models the merged networks' statistics are recomputed (RESET) before evaluation.
+Each model is permuted towards the running mean of the others (weight matching over
+the traced spec) and the aligned models are averaged. Reported: each model's metrics,
+the plain average of the unaligned weights (the naive merge) and the MergeMany merge.
+BatchNorm models' merged networks get recomputed statistics (RESET) before evaluation.
 """
 
 from __future__ import annotations
@@ -14,22 +14,27 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmc import evaluate, spawn
+from lmc import evaluate, training
 from lmc.errors import UserError
-from lmc.experiments import common
+from lmc.evaluate.metrics import language_model_metrics
+from lmc.experiments import setup, tables
+
+NETWORKS = ("models", "naive_average", "merged")
 
 
-def validate(config) -> None:
+def num_models(config) -> int:
     n = int(config.merge.num_models)
     if n < 2:
         raise UserError(f"config.merge.num_models must be >= 2, got {n}")
-    if len(config.spawn.child_seeds) < n:
-        raise UserError(
-            f"config.merge.num_models={n} needs {n} seeds in config.spawn.child_seeds "
-            f"(it has {len(config.spawn.child_seeds)})"
-        )
-    dataset = common.load_data(config)
-    spawn.validate(config, dataset, [config.spawn.step])
+    training.check_num_children(config, n, f"config.merge.num_models={n}")
+    return n
+
+
+def validate(config) -> None:
+    num_models(config)
+    dataset = setup.load_data(config)
+    setup.load_model(config, dataset)
+    training.validate_spawn(config, dataset, [config.spawn.step])
 
 
 def _metrics(config, model, dataset, endpoint: dict) -> dict:
@@ -37,42 +42,27 @@ def _metrics(config, model, dataset, endpoint: dict) -> dict:
         batch_size=int(config.eval.batch_size), train_subset=int(config.eval.train_subset) or None
     )
     if not endpoint["model_state"]:
-        return evaluate.evaluate(model.apply, endpoint, dataset, **kwargs)
-    # A merged BN network needs its own statistics. The evaluator's RESET recomputes
-    # them for interior points of a curve: the midpoint of a curve from the merged
-    # network to itself is exactly the merged network with reset statistics.
-    curve = evaluate.interpolation_curve(
-        model.apply,
-        endpoint,
-        endpoint,
-        dataset,
-        alphas=3,
-        norm="reset",
-        stats_batches=int(config.eval.bn_reset_batches),
-        **kwargs,
-    )
-    return {k: v[1] for k, v in curve.items() if k != "alphas"}
+        metrics = evaluate.evaluate(model.apply, endpoint, dataset, **kwargs)
+    else:
+        # A merged BN network needs its own statistics. The evaluator's RESET recomputes
+        # them for interior points of a curve: the midpoint of a curve from the merged
+        # network to itself is exactly the merged network with reset statistics.
+        curve = evaluate.interpolation_curve(
+            model.apply, endpoint, endpoint, dataset, alphas=3, norm="reset",
+            stats_batches=int(config.eval.bn_reset_batches), **kwargs,
+        )  # fmt: skip
+        metrics = {k: v[1] for k, v in curve.items() if k != "alphas"}
+    return language_model_metrics(metrics) if dataset.kind == "text" else metrics
 
 
 def run(config, workdir: Path) -> dict:
     from lmc import align
 
-    dataset = common.load_data(config)
-    model = common.load_model(config, dataset)
-    n = int(config.merge.num_models)
-    k = int(config.spawn.step)
-    if config.spawn.mode == "spawn":
-        spawn.train_parent(config, workdir, model, dataset, [k])
-    ends = [
-        spawn.endpoint(
-            spawn.train_child(
-                config, workdir, model, dataset, i, k if config.spawn.mode == "spawn" else None
-            )
-        )
-        for i in range(n)
-    ]
+    dataset = setup.load_data(config)
+    model = setup.load_model(config, dataset)
+    ends = training.siblings(config, workdir, model, dataset, range(num_models(config)))
     for i, e in enumerate(ends):
-        common.finite_or_raise(e, f"model {i}")
+        setup.finite_or_raise(e, f"model {i}")
     naive = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), 0), *ends)
     spec = align.spec_from_model(model, dataset.train_x[:2])
     t0 = time.perf_counter()
@@ -92,3 +82,20 @@ def run(config, workdir: Path) -> dict:
     }
     result["best_model_test_error"] = min(m["test_error"] for m in models_metrics)
     return result
+
+
+def plot(results: dict, workdir: Path) -> list[Path]:
+    from lmc import plots
+
+    return [plots.plot_merge(results, Path(workdir) / "merge.png")]
+
+
+def table(runs: list[tuple[str, dict]]) -> str:
+    """Metrics (not barriers) of each model, the naive average and the merge."""
+    header = ["run", "network", *tables.COLUMNS]
+    rows = []
+    for run, results in runs:
+        named = [(f"model {i}", m) for i, m in enumerate(results["models"])]
+        named += [("naive average", results["naive_average"]), ("MergeMany", results["merged"])]
+        rows += [[run, name, *(tables.value(c, m[c]) for c in tables.COLUMNS)] for name, m in named]
+    return tables.markdown(header, rows)

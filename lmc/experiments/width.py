@@ -1,9 +1,10 @@
-"""`width`: barrier versus width multiplier, naive and aligned.
+"""`width`: barrier versus width multiplier, naive and aligned, for any model family.
 
 Entezari et al. (2021) and Ainsworth et al. (2022) find the naive barrier stays high
 while the aligned barrier shrinks as networks get wider. For each multiplier in
-`config.width.multipliers` the base `config.model.width` is scaled and a pair is
-trained as in `pair` (in `width<m>/`), `config.width.num_pairs` pairs per width.
+`config.width.multipliers` the base `config.model.width` is scaled and
+`config.width.num_pairs` pairs are trained as in `pair`, in `width<m>/`. Outputs:
+results.json `points`, barrier_vs_width.png.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from lmc import spawn
+from lmc import plots, training
 from lmc.errors import UserError
-from lmc.experiments import common, pair
-from lmc.experiments.instability import pairs_barriers
-from lmc.experiments.sweep_stats import summarize
+from lmc.experiments import compare, setup, tables
+from lmc.experiments.methods import validate_methods
+
+SWEEP_KEY = "width"
+# Widths that are unit counts (an integer after scaling); the others are multipliers.
+INTEGER_WIDTHS = ("mlp", "cnn", "resnet20", "transformer")
 
 
 def multipliers(config) -> list[float]:
@@ -29,52 +33,60 @@ def scaled(config, multiplier: float):
     c = copy.deepcopy(config)
     with c.unlocked():
         width = c.model.width * multiplier
-        c.model.width = int(round(width)) if c.model.name in ("mlp", "cnn", "resnet20") else width
+        c.model.width = int(round(width)) if c.model.name in INTEGER_WIDTHS else width
     return c
 
 
+def num_pairs(config) -> int:
+    n = int(config.width.num_pairs)
+    if n < 1:
+        raise UserError(f"config.width.num_pairs must be >= 1, got {n}")
+    training.check_num_children(config, 2 * n, f"config.width.num_pairs={n}")
+    return n
+
+
 def validate(config) -> None:
-    dataset = common.load_data(config)
+    dataset = setup.load_data(config)
     for m in multipliers(config):
         c = scaled(config, m)
         if c.model.width <= 0:
-            raise UserError(f"width multiplier {m} gives model width {c.model.width}")
-        common.validate_methods(c, common.model_has_batchnorm(c, dataset))
-    spawn.validate(config, dataset, [config.spawn.step])
-    n = int(config.width.num_pairs)
-    if n < 1 or len(config.spawn.child_seeds) < 2 * n:
-        raise UserError(
-            f"config.width.num_pairs={n} needs {2 * n} child seeds in config.spawn.child_seeds"
-        )
+            raise UserError(
+                f"config.width.multipliers: {m} gives config.model.width={c.model.width}"
+            )
+        try:
+            model = setup.load_model(c, dataset)
+        except UserError as e:
+            raise UserError(f"config.width.multipliers: at multiplier {m}: {e}") from None
+        validate_methods(c, setup.has_batchnorm(model, dataset))
+    training.validate_spawn(config, dataset, [config.spawn.step])
+    num_pairs(config)
 
 
 def run(config, workdir: Path) -> dict:
-    dataset = common.load_data(config)
+    dataset = setup.load_data(config)
     points = []
     for m in multipliers(config):
         c = scaled(config, m)
-        model = common.load_model(c, dataset)
-        wdir = workdir / f"width{m:g}"
-        k = int(c.spawn.step)
-        if c.spawn.mode == "spawn":
-            spawn.train_parent(c, wdir, model, dataset, [k])
-        pairs = []
-        for j in range(int(c.width.num_pairs)):
-            ends = [
-                spawn.endpoint(
-                    spawn.train_child(
-                        c, wdir, model, dataset, i, k if c.spawn.mode == "spawn" else None
-                    )
-                )
-                for i in (2 * j, 2 * j + 1)
-            ]
-            pairs.append(pair.compare_pair(c, model, dataset, *ends))
+        model = setup.load_model(c, dataset)
+        wdir = Path(workdir) / f"width{m:g}"
+        ends = training.siblings(c, wdir, model, dataset, range(2 * num_pairs(c)))
+        pairs = [compare.compare_pair(c, model, dataset, *ends[2 * j : 2 * j + 2])
+                 for j in range(len(ends) // 2)]  # fmt: skip
         points.append(
             {
-                "width": m,
+                SWEEP_KEY: m,
                 "model_width": c.model.width,
-                "methods": summarize(pairs),
-                "pairs": pairs_barriers(pairs),
+                "methods": compare.summarize(pairs),
+                "pairs": compare.pair_barriers(pairs),
             }
         )
-    return {"sweep_key": "width", "points": points}
+    return {"sweep_key": SWEEP_KEY, "points": points}
+
+
+def plot(results: dict, workdir: Path) -> list[Path]:
+    return [plots.plot_sweep(results, Path(workdir) / "barrier_vs_width.png", SWEEP_KEY)]
+
+
+def table(runs: list[tuple[str, dict]]) -> str:
+    rows = [row for run, results in runs for row in tables.point_rows(run, results)]
+    return tables.markdown(tables.HEADER, rows)

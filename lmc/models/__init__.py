@@ -48,9 +48,6 @@ class Model:
             return logits, _to_dict(updates["batch_stats"])
         return self.module.apply(variables, x, train=train), model_state
 
-    def has_batchnorm(self, model_state: dict) -> bool:
-        return bool(model_state)
-
 
 def _to_dict(tree: Any) -> Any:
     """Flax may hand back FrozenDicts; the rest of lmc only deals in dicts."""
@@ -64,26 +61,29 @@ def _positive(name: str, value) -> None:
         raise UserError(f"config.model.{name} must be positive, got {value!r}")
 
 
+# Sizes used when `build` is called without them (the Python API); configs always give
+# them (lmc.config_base owns the config defaults). 0 or a negative size is an error.
+DEFAULT_SIZES = {"mlp": (512, 3), "cnn": (32, None), "vgg11": (1.0, None),
+                 "vgg16": (1.0, None), "resnet20": (1, None)}  # fmt: skip
+
+
 def build(name: str, num_classes: int, width=None, depth=None, norm=None, **lm) -> Model:
     """Build model `name`. `width` is units (mlp), base channels (cnn), a multiplier, or
     d_model (transformer, which also takes heads, context, mlp_ratio, positions)."""
     choose("model", name, MODELS)
     if name == "transformer":
         return Model(name, build_transformer(num_classes, width, depth, norm, **lm))
+    default_width, default_depth = DEFAULT_SIZES[name]
+    width = default_width if width is None else width
+    _positive("width", width)
     if name == "mlp":
-        width, depth = width or 512, depth or 3
-        _positive("width", width), _positive("depth", depth)
+        depth = default_depth if depth is None else depth
+        _positive("depth", depth)
         return Model(name, MLP(num_classes, int(width), int(depth)))
     if name == "cnn":
-        width = width or 32
-        _positive("width", width)
         return Model(name, CNN(num_classes, int(width), norm or "none"))
     if name in VGG_CONFIGS:
-        width = width or 1.0
-        _positive("width", width)
         return Model(name, VGG(num_classes, VGG_CONFIGS[name], float(width), norm or "batchnorm"))
-    width = width or 1
-    _positive("width", width)
     if int(width) != width:
         raise UserError(
             f"config.model.width for resnet20 must be an integer multiplier, got {width}"
@@ -92,14 +92,17 @@ def build(name: str, num_classes: int, width=None, depth=None, norm=None, **lm) 
 
 
 def from_config(model_config, num_classes: int) -> Model:
-    lm = {k: model_config.get(k) for k in ("heads", "context", "mlp_ratio", "positions")}
+    """The model of `config.model` (every key given by the config, see lmc.config_base)."""
+    extra = {}
+    if model_config.name == "transformer":
+        extra = {k: model_config[k] for k in ("heads", "context", "mlp_ratio", "positions")}
     return build(
         model_config.name,
         num_classes,
-        width=model_config.get("width"),
-        depth=model_config.get("depth"),
-        norm=model_config.get("norm"),
-        **(lm if model_config.name == "transformer" else {}),
+        width=model_config.width,
+        depth=model_config.depth,
+        norm=model_config.norm,
+        **extra,
     )
 
 

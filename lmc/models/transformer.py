@@ -126,6 +126,10 @@ class Transformer(nn.Module):
         return nn.Dense(self.vocab, name="head")(x).astype(jnp.float32)
 
 
+DEFAULTS = {"width": 128, "depth": 2, "heads": 4, "context": 64, "mlp_ratio": 4,
+            "positions": "learned"}  # fmt: skip
+
+
 def build_transformer(
     vocab: int,
     width=None,
@@ -139,20 +143,17 @@ def build_transformer(
     """The module from config values (None: the default), with config-named errors."""
     from lmc.errors import UserError, choose
 
-    values = {
-        "width": width or 128,
-        "depth": depth or 2,
-        "heads": heads or 4,
-        "context": context or 64,
-        "mlp_ratio": mlp_ratio or 4,
-    }
+    given = {"width": width, "depth": depth, "heads": heads, "context": context,
+             "mlp_ratio": mlp_ratio}  # fmt: skip
+    # None means "not given" (the API default); 0 or a negative size is an error.
+    values = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
     for key, value in values.items():
         if int(value) != value or value <= 0:
             raise UserError(f"config.model.{key} must be a positive integer, got {value!r}")
     w, h = int(values["width"]), int(values["heads"])
     if w % h:
         raise UserError(f"config.model.width={w} must be divisible by config.model.heads={h}")
-    positions = positions or "learned"
+    positions = DEFAULTS["positions"] if positions is None else positions
     choose("positions", positions, POSITIONS)
     if positions == "rotary" and (w // h) % 2:
         raise UserError(f"rotary positions need an even head dim (width/heads), got {w // h}")

@@ -1,7 +1,7 @@
-"""`lm_code_vs_prose`: can a code model and a prose model be averaged into one?
+"""`code_vs_prose`: can a code model and a prose model be averaged into one?
 
 A parent transformer LM is trained on a code+prose mixture (`text:mixed`). At each
-spawn step k of `config.lm.spawn_steps` it is forked: child A continues on code only,
+spawn step k of `config.instability.spawn_steps` it is forked: child A continues on code only,
 child B on prose only, both to the same total step count N. Every model is evaluated
 on held-out code and held-out prose (per-token loss, perplexity, bits per byte,
 next-byte error):
@@ -17,13 +17,16 @@ next-byte error):
 
 k = 0 forks at initialization: the children share the init only, nothing of training.
 With `config.lm.independent`, the prose child is also trained from a *different*
-init (seed `config.spawn.child_seeds[1]`), and the pair is averaged both naively and
-after weight matching (the transformer's hand-written permutation spec), the
-Git Re-Basin question for LMs.
+init (seed `config.spawn.child_seeds[1]`), and the pair is averaged after each
+method of `config.eval.methods` (naive, weight matching, ... over the traced spec):
+the Git Re-Basin question for LMs.
 
 Workdir: parent/ (mixture, every spawn step kept), k<k>/code, k<k>/prose,
-independent/prose; results.json; lm_code_vs_prose.png (per-domain loss along the
-interpolation paths); table.md (the summary table).
+independent/prose; results.json; code_vs_prose.png (per-domain loss along the
+interpolation paths). Children are trained by `lmc.training.train_children` like every
+experiment's (as one population with `config.spawn.population`).
+
+    lmc run --config=configs/lm_code_vs_prose.py --workdir=runs/lm_code_vs_prose
 """
 
 from __future__ import annotations
@@ -35,30 +38,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmc import spawn
+from lmc import evaluate, training
 from lmc.errors import UserError
 from lmc.evaluate import barriers
-from lmc.experiments import lm_common
+from lmc.evaluate.metrics import domain_metrics
+from lmc.experiments import methods as methods_lib
+from lmc.experiments import setup, tables
+from lmc.experiments.instability import spawn_steps
 from lmc.io import write_bytes_atomic
-from lmc.train import Seeds, total_steps, train
 
 log = logging.getLogger(__name__)
 
 DOMAINS = ("code", "prose")
-PLOT_FILE = "lm_code_vs_prose.png"
-TABLE_FILE = "table.md"
+PLOT_FILE = "code_vs_prose.png"
 
 
 # ---- config -------------------------------------------------------------------------
-def spawn_steps(config) -> list[int]:
-    steps = [int(k) for k in config.lm.spawn_steps]
-    if not steps:
-        raise UserError("config.lm.spawn_steps is empty")
-    if len(set(steps)) != len(steps):
-        raise UserError(f"config.lm.spawn_steps has duplicates: {steps}")
-    return sorted(steps)
-
-
 def scales(config) -> list[float]:
     return [float(s) for s in config.lm.scales]
 
@@ -66,22 +61,21 @@ def scales(config) -> list[float]:
 def validate(config) -> None:
     if config.data.name != "text:mixed":
         raise UserError(
-            f"lm_code_vs_prose trains its parent on the code+prose mixture: set "
+            f"code_vs_prose trains its parent on the code+prose mixture: set "
             f"config.data.name='text:mixed' (got {config.data.name!r})"
         )
-    dataset = lm_common.load_data(config)
-    lm_common.load_model(config, dataset)
-    lm_common.validate_methods(config)
-    n = total_steps(config, dataset)
+    dataset = setup.load_data(config)
+    model = setup.load_model(config, dataset)
+    methods_lib.validate_methods(config, setup.has_batchnorm(model, dataset))
+    n = training.total_steps(config, dataset)
     for k in spawn_steps(config):
         if not 0 <= k < n:
             raise UserError(
-                f"config.lm.spawn_steps: {k} is not in [0, total steps={n}); lower it or train "
-                "longer (config.num_steps)"
+                f"config.instability.spawn_steps: {k} is not in [0, total steps={n}); lower it "
+                "or train longer (config.num_steps)"
             )
+    training.check_num_children(config, 2, "code_vs_prose (code child, prose child)")
     seeds = tuple(config.spawn.child_seeds)
-    if len(seeds) < 2:
-        raise UserError("config.spawn.child_seeds needs 2 seeds: code child, prose child")
     if config.lm.independent and int(seeds[1]) == int(config.seed):
         raise UserError(
             f"config.lm.independent: the independent prose child's init seed "
@@ -91,54 +85,42 @@ def validate(config) -> None:
 
 # ---- the experiment -----------------------------------------------------------------
 def run(config, workdir: Path) -> dict:
-    mixed = lm_common.load_data(config)
-    model = lm_common.load_model(config, mixed)
+    mixed = setup.load_data(config)
+    model = setup.load_model(config, mixed)
     domain_data = {d: mixed.only(d) for d in DOMAINS}
-    splits = mixed.eval_splits("test")  # held-out files of each domain
     ks = spawn_steps(config)
-    n = total_steps(config, mixed)
-    bs, num_alphas = int(config.eval.batch_size), int(config.eval.num_alphas)
+    n = training.total_steps(config, mixed)
     child_seed = [int(s) for s in tuple(config.spawn.child_seeds)[:2]]
-
-    ev = Evaluator(model, splits, bs, num_alphas)
+    parent_seeds = training.parent_seeds(config)
+    ev = Evaluator(model, mixed.eval_splits("test"), int(config.eval.batch_size),
+                   int(config.eval.num_alphas))  # fmt: skip
 
     # The parent, trained on the mixture all the way: the "mixture for N steps" baseline.
-    parent_seeds = spawn.parent_seeds(config)
-    parent = train(
-        model=model,
-        dataset=mixed,
-        config=config,
-        run_dir=workdir / "parent",
-        seeds=parent_seeds,
-        keep_steps=ks,
-        name="parent",
-    )
-    mixture = spawn.endpoint(parent)
+    parent = training.train(
+        model=model, dataset=mixed, config=config, run_dir=workdir / "parent",
+        seeds=parent_seeds, keep_steps=ks, name="parent",
+    )  # fmt: skip
     results = {
         "domains": list(DOMAINS),
         "data": mixed.summary(),
         "total_steps": n,
         "scales": scales(config),
-        "mixture": ev.metrics(mixture),
+        "mixture": ev.metrics(training.endpoint(parent)),
         "spawn": [],
     }
+
+    def specialists(k):
+        return [
+            training.Child(i, workdir / f"k{k}" / d, k, domain_data[d],
+                           training.Seeds(parent_seeds.init, child_seed[i], child_seed[i]))
+            for i, d in enumerate(DOMAINS)
+        ]  # fmt: skip
+
     children = {}
     for k in ks:
-        theta_k = spawn.endpoint(spawn.load_parent(config, workdir, model, mixed, k))
-        ends = {}
-        for i, d in enumerate(DOMAINS):
-            state = train(
-                model=model,
-                dataset=domain_data[d],
-                config=config,
-                run_dir=workdir / f"k{k}" / d,
-                seeds=Seeds(init=parent_seeds.init, data=child_seed[i], aug=child_seed[i]),
-                start_state=spawn.load_parent(config, workdir, model, mixed, k),
-                name=f"k{k}/{d}",
-            )
-            ends[d] = spawn.endpoint(state)
-        children[k] = ends
-        ea, eb = ends["code"], ends["prose"]
+        theta_k = training.endpoint(training.load_parent(config, workdir, model, mixed, k))
+        ea, eb = training.train_children(config, workdir, model, mixed, specialists(k))
+        children[k] = {"code": ea, "prose": eb}
         entry = ev.path(ea, eb)
         models = {
             "parent_at_k": ev.metrics(theta_k),
@@ -159,41 +141,36 @@ def run(config, workdir: Path) -> dict:
         )
         log.info(
             "k=%d: mean loss code child %.3f, prose child %.3f, average %.3f, mixture %.3f",
-            k,
-            models["code_child"]["mean"]["loss"],
-            models["prose_child"]["mean"]["loss"],
-            models["average"]["mean"]["loss"],
-            results["mixture"]["mean"]["loss"],
-        )
+            k, models["code_child"]["mean"]["loss"], models["prose_child"]["mean"]["loss"],
+            models["average"]["mean"]["loss"], results["mixture"]["mean"]["loss"],
+        )  # fmt: skip
 
     if config.lm.independent:
         results["independent"] = independent(
-            config, workdir, model, domain_data, children, child_seed, ev
+            config, workdir, model, mixed, domain_data, children, child_seed, ev
         )
-    table = format_table(results)
-    log.info("results:\n%s", table)
-    write_bytes_atomic(workdir / TABLE_FILE, (table + "\n").encode())
-    try:
-        plot_results(results, workdir / PLOT_FILE)
-    except Exception as e:  # a plot must never cost the results
-        log.warning("plotting failed: %s", e)
     return results
 
 
 class Evaluator:
-    """Per-domain metrics of single networks and of interpolation paths (held-out files)."""
+    """Per-domain metrics of single networks and of interpolation paths (held-out files):
+    the one evaluator with one split per domain."""
 
     def __init__(self, model, splits: dict, batch_size: int, num_alphas: int):
         self.model, self.splits = model, splits
         self.batch_size, self.num_alphas = batch_size, num_alphas
 
     def metrics(self, endpoint: dict) -> dict:
-        flat = lm_common.evaluate(self.model.apply, endpoint, self.splits, self.batch_size)
-        return lm_common.domain_metrics(flat, DOMAINS)
+        flat = evaluate.evaluate(self.model.apply, endpoint, self.splits,
+                                 batch_size=self.batch_size)  # fmt: skip
+        return domain_metrics(flat, DOMAINS)
 
-    def path(self, ea: dict, eb: dict) -> dict:
+    def path(self, ea: dict, eb: dict, norm: str | None = "none") -> dict:
         """Curves of every domain's (and their mean's) loss and error, with barriers."""
-        c = lm_common.curve(self.model.apply, ea, eb, self.splits, self.num_alphas, self.batch_size)
+        c = evaluate.interpolation_curve(
+            self.model.apply, ea, eb, self.splits, alphas=self.num_alphas, norm=norm,
+            batch_size=self.batch_size,
+        )  # fmt: skip
         alphas = c.pop("alphas")
         for m in ("loss", "error"):
             c[f"mean_{m}"] = [
@@ -204,18 +181,20 @@ class Evaluator:
 
     def end(self, entry: dict, i: int) -> dict:
         """The metrics at point i of a path (0: A, -1: B; the same evaluator)."""
-        return lm_common.domain_metrics({k: v[i] for k, v in entry["curves"].items()}, DOMAINS)
+        return domain_metrics({k: v[i] for k, v in entry["curves"].items()}, DOMAINS)
 
     def midpoint(self, entry: dict, ea: dict, eb: dict) -> dict:
         """(A + B) / 2: read off the path when it has alpha 0.5, else evaluated."""
         if 0.5 in entry["alphas"]:
             return self.end(entry, entry["alphas"].index(0.5))
         return self.metrics(
-            {
-                "params": lm_common.lerp(ea["params"], eb["params"], 0.5),
-                "model_state": ea["model_state"],
-            }
+            {"params": _average(ea["params"], eb["params"]), "model_state": ea["model_state"]}
         )
+
+
+@jax.jit
+def _average(a, b):
+    return jax.tree.map(lambda x, y: 0.5 * x + 0.5 * y, a, b)
 
 
 def distance(ea: dict, eb: dict | None) -> float:
@@ -223,14 +202,8 @@ def distance(ea: dict, eb: dict | None) -> float:
     how far the children travelled, the scale against which barriers are measured."""
     a = jax.tree.leaves(ea["params"])
     b = jax.tree.leaves(eb["params"]) if eb is not None else [0.0] * len(a)
-    return float(
-        np.sqrt(
-            sum(
-                float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
-                for x, y in zip(a, b, strict=True)
-            )
-        )
-    )
+    return float(np.sqrt(sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
+                             for x, y in zip(a, b, strict=True))))  # fmt: skip
 
 
 def task_arithmetic(theta_k: dict, ea: dict, eb: dict, s: float) -> dict:
@@ -244,38 +217,33 @@ def _task_arithmetic(k, a, b, s):
     return jax.tree.map(lambda k, a, b: k + s * ((a - k) + (b - k)), k, a, b)
 
 
-def independent(config, workdir, model, domain_data, children, child_seed, ev) -> dict:
+def independent(config, workdir, model, mixed, domain_data, children, child_seed, ev) -> dict:
     """Code child from init seed config.seed, prose child from init child_seeds[1]: no
-    shared init, no shared training; naive and weight-matched averages."""
-    parent_seeds = spawn.parent_seeds(config)
+    shared init, no shared training; the average after each alignment method."""
+    init = training.parent_seeds(config).init
+    s = child_seed[1]
+    pair = [training.Child(1, workdir / "independent" / "prose", None, domain_data["prose"],
+                           training.Seeds(s, s, s))]  # fmt: skip
     if 0 in children:  # exactly the k=0 code child: same init, same data seed
         ea = children[0]["code"]
     else:
-        ea = spawn.endpoint(
-            train(
-                model=model,
-                dataset=domain_data["code"],
-                config=config,
-                run_dir=workdir / "independent" / "code",
-                seeds=Seeds(init=parent_seeds.init, data=child_seed[0], aug=child_seed[0]),
-                name="independent/code",
-            )
+        pair.insert(
+            0,
+            training.Child(
+                0,
+                workdir / "independent" / "code",
+                None,
+                domain_data["code"],
+                training.Seeds(init, child_seed[0], child_seed[0]),
+            ),
         )
-    s = child_seed[1]
-    eb = spawn.endpoint(
-        train(
-            model=model,
-            dataset=domain_data["prose"],
-            config=config,
-            run_dir=workdir / "independent" / "prose",
-            seeds=Seeds(init=s, data=s, aug=s),
-            name="independent/prose",
-        )
-    )
-    out = {"init_seeds": [parent_seeds.init, s], "models": {}, "methods": {}}
+    ends = training.train_children(config, workdir, model, mixed, pair)
+    ea, eb = (ends[0], ends[1]) if len(ends) == 2 else (ea, ends[0])
+    out = {"init_seeds": [init, s], "models": {}, "methods": {}}
     for method in config.eval.methods:
-        aligned, info = lm_common.aligned_endpoint(method, config, ea, eb)
-        entry = ev.path(ea, aligned)
+        base, norm = methods_lib.parse_method(method)
+        aligned, info = methods_lib.align_endpoint(base, config, model, mixed, ea, eb)
+        entry = ev.path(ea, aligned, methods_lib.eval_norm(config, norm))
         out["methods"][method] = {**entry, **info, "distance": distance(ea, aligned)}
         if method == "naive":
             out["models"]["code_child"] = ev.end(entry, 0)
@@ -295,7 +263,7 @@ def _rows(results: dict):
             setting,
             name,
             *(f"{m[d]['loss']:.3f}" for d in (*DOMAINS, "mean")),
-            *(f"{m[d]['error']:.3f}" for d in DOMAINS),
+            *(tables.value("error", m[d]["error"]) for d in DOMAINS),
         ]
 
     yield row(f"mixture, {results['total_steps']} steps", "mixture", results["mixture"])
@@ -309,15 +277,18 @@ def _rows(results: dict):
             yield row("independent inits", name, m)
 
 
-def format_table(results: dict) -> str:
-    header = ["setting", "model", "code loss", "prose loss", "mean loss", "code err", "prose err"]
-    rows = list(_rows(results))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: (
-        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-    )
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(header), sep, *(fmt(r) for r in rows)])
+def table(runs: list[tuple[str, dict]]) -> str:
+    """Per-domain held-out loss (nats per byte) and error of every model of every run."""
+    header = ["run", "setting", "model", "code loss", "prose loss", "mean loss", "code err",
+              "prose err"]  # fmt: skip
+    rows = [[run, *row] for run, results in runs for row in _rows(results)]
+    return tables.markdown(header, rows)
+
+
+def plot(results: dict, workdir: Path) -> list[Path]:
+    path = Path(workdir) / PLOT_FILE
+    plot_results(results, path)
+    return [path]
 
 
 def plot_results(results: dict, path: str | Path) -> None:
@@ -358,7 +329,7 @@ def plot_results(results: dict, path: str | Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("alpha   (0 = code child, 1 = prose child)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss (nats / byte)")
+    axes[0].set_ylabel("held-out loss (nats per byte)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(
         handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=9, frameon=False

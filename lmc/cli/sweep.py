@@ -49,7 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmc.errors import UserError
+from lmc.errors import EXIT_PREEMPTED, UserError
+from lmc.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ LOCK_FILE = ".sweep.lock"
 SUMMARY_FILE = "sweep.json"
 LOG_DIR = "logs"
 SCHEMA_VERSION = 1
-EXIT_PREEMPTED = 75  # lmc run's "rerun to continue"
 _FORWARDED_BOOLS = ("overwrite", "nooverwrite")
 _FORWARDED_VALUES = ("coordinator", "num_processes", "process_id")
 _MAX_NAME = 120
@@ -182,7 +182,7 @@ def forwarded_args(argv: list[str]) -> list[str]:
 
 def plan(config, config_file: str, workdir: str | Path, argv: list[str]) -> list[Point]:
     """Every point, validated: keys exist and each command line yields its config."""
-    from lmc import cli
+    from lmc.cli import flags
     from lmc.provenance import config_hash, config_to_dict
 
     workdir = Path(workdir)
@@ -201,8 +201,8 @@ def plan(config, config_file: str, workdir: str | Path, argv: list[str]) -> list
         args = [f"--config={config_file}", f"--workdir={point_dir}", *base]
         args += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
         try:
-            fv = cli._parse(["lmc run", *args], cli._define_run_flags)
-            point_config, _, _ = cli._config_and_workdir(fv)
+            fv = flags.parse(["lmc run", *args], flags.define_run_flags)
+            point_config, _, _ = flags.config_and_workdir(fv)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         for key, value in overrides.items():
@@ -373,15 +373,11 @@ def _execute(todo: list[Point], parallel: int, workdir: Path, summary, process: 
 
 
 def child_env(workdir: Path) -> dict:
-    """The points' environment: ours, plus a persistent XLA compilation cache shared by
-    all points (DIR/.jax_cache unless JAX_COMPILATION_CACHE_DIR is set), since points
-    differ in values, not shapes; it halves a small point's run time."""
-    env = dict(os.environ)
-    if "JAX_COMPILATION_CACHE_DIR" not in env:
-        env["JAX_COMPILATION_CACHE_DIR"] = str((workdir / ".jax_cache").absolute())
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    return env
+    """The points' environment: ours. Each point is an `lmc run`, which uses the same
+    persistent compilation cache as any run (lmc.compilation_cache: LMC_COMPILATION_CACHE,
+    size cap, lock), so points share compiled programs and honour `=off`."""
+    del workdir
+    return dict(os.environ)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
@@ -430,11 +426,12 @@ def _say(message: str, main: bool) -> None:
 
 
 def _print_report(workdir: Path) -> None:
-    from lmc.report import find_results, format_table
+    from lmc import experiments
+    from lmc.report import find_results
 
     found = [(run, r) for run, r in find_results(workdir) if r.get("complete")]
     if found:
-        print(format_table(found))
+        print(experiments.table(found))
     print(f"\nwrote {workdir / SUMMARY_FILE}")
 
 
@@ -452,7 +449,7 @@ class _Summary:
         counts: dict[str, int] = {}
         for p in self.points:
             counts[p.status] = counts.get(p.status, 0) + 1
-        _write_json_atomic(
+        write_json_atomic(
             self.path,
             {
                 "schema_version": SCHEMA_VERSION,
@@ -474,18 +471,8 @@ class _Summary:
                     for p in self.points
                 ],
             },
+            any_process=True,
         )
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    # Not lmc.io's: that asks JAX for the process index, which would start a backend
-    # (and claim accelerator memory) in this driver process.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

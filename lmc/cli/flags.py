@@ -1,11 +1,8 @@
-"""Command line: `lmc run`, `lmc sweep`, `lmc report`.
+"""Command-line flags and config loading, shared by `lmc run` and `lmc sweep`.
 
-    lmc run    --config=configs/X.py[:arg] --workdir=DIR [--config.a.b=v ...] [--overwrite]
-    lmc sweep  --config=configs/X.py --workdir=DIR [--parallel=P] [--print]
-    lmc report DIR [DIR ...]
-
-Flags follow the flax/big_vision convention (absl + ml_collections.config_flags).
-User errors print one paragraph and exit 2, without a traceback.
+Flags follow the flax/big_vision convention (absl + ml_collections.config_flags):
+`--config=FILE[:arg]` plus `--config.a.b=value` overrides. `parse` turns absl and
+ml_collections failures into `UserError`s that name the flag.
 """
 
 from __future__ import annotations
@@ -19,10 +16,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from lmc.errors import UserError
-
-EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to continue
 
 USAGE = """usage:
   lmc run    [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.key=value ...] [--overwrite]
@@ -38,7 +31,7 @@ def default_config_path() -> str:
     return str(Path(__file__).resolve().parents[1] / "configs" / "default.py")
 
 
-def _define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+def define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     # config_flags finds the --config.x overrides to register by scanning `sys_argv`.
     config_flags.DEFINE_config_file(
         "config",
@@ -65,15 +58,15 @@ def _define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
-def _define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    _define_run_flags(fv, argv)
+def define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    define_run_flags(fv, argv)
     flags.DEFINE_integer("parallel", 1, "points run at once", flag_values=fv)
     flags.DEFINE_bool(
         "print", False, "print one `lmc run` command line per point and exit", flag_values=fv
     )
 
 
-def _parse(argv: list[str], define) -> flags.FlagValues:
+def parse(argv: list[str], define) -> flags.FlagValues:
     fv = flags.FlagValues()
     try:
         define(fv, argv)
@@ -91,7 +84,7 @@ def _parse(argv: list[str], define) -> flags.FlagValues:
     return fv
 
 
-def _config_and_workdir(fv: flags.FlagValues):
+def config_and_workdir(fv: flags.FlagValues):
     config_file = fv["config"].config_filename
     path = Path(config_file.split(":")[0])
     if not path.is_file():
@@ -110,88 +103,20 @@ def _config_and_workdir(fv: flags.FlagValues):
     return config, config_file, workdir
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Warnings only from libraries; lmc's own INFO lines (resuming, per-k results) as
+    plain lines on stderr."""
     from absl import logging as absl_logging
 
     # Orbax logs every save at INFO through absl; keep stderr for our own progress.
     absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("jax").setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for name in ("absl", "orbax"):
+    for name in ("jax", "absl", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def cmd_run(argv: list[str]) -> int:
-    fv = _parse(argv, _define_run_flags)
-    config, config_file, workdir = _config_and_workdir(fv)
-    _quiet_libraries()
-    from lmc import distributed, preemption
-    from lmc.experiments import run_experiment
-
-    preemption.install()
-
-    distributed.maybe_initialize(fv.coordinator, fv.num_processes, fv.process_id)
-    run_experiment(config, workdir, overwrite=fv.overwrite, config_file=config_file)
-    from lmc.report import report_dirs
-
-    if distributed.is_main_process():
-        print(report_dirs([workdir]))
-        print(f"\nwrote {os.path.join(workdir, 'results.json')}")
-    return 0
-
-
-def cmd_sweep(argv: list[str]) -> int:
-    fv = _parse(argv, _define_sweep_flags)
-    config, config_file, workdir = _config_and_workdir(fv)
-    _quiet_libraries()
-    from lmc.sweep import run_sweep
-
-    return run_sweep(
-        config, config_file, workdir, argv=argv, parallel=fv.parallel, print_only=fv["print"].value
-    )
-
-
-def cmd_report(argv: list[str]) -> int:
-    dirs = [a for a in argv[1:] if not a.startswith("-")]
-    if not dirs:
-        raise UserError(f"lmc report needs at least one workdir\n\n{USAGE}")
-    from lmc.report import report_dirs
-
-    print(report_dirs(dirs))
-    return 0
-
-
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0 if len(argv) >= 2 else EXIT_USER_ERROR
-    command = argv[1]
-    from lmc import compilation_cache
-    from lmc.preemption import Preempted
-
-    compilation_cache.enable()
-    from lmc.train import DivergenceError
-
-    try:
-        if command not in COMMANDS:
-            raise UserError(
-                f"unknown command {command!r}; valid commands: {', '.join(COMMANDS)}\n\n{USAGE}"
-            )
-        return COMMANDS[command]([f"lmc {command}", *argv[2:]])
-    except UserError as e:
-        print(f"lmc: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except DivergenceError as e:
-        print(f"lmc: diverged: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except Preempted as e:
-        print(f"lmc: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ours = logging.getLogger("lmc")
+    if not any(getattr(h, "_lmc", False) for h in ours.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._lmc = True
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False  # absl's root handler would print it a second time

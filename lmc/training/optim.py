@@ -14,7 +14,7 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     """`cfg.schedule`: constant | cosine (warmup + cosine to 0) | step (x`decay_factor` at
     each fraction in `decay_at`) | linear (warmup + linear to 0, Frankle et al.'s ResNet-20)."""
     choose("schedule", cfg.schedule, SCHEDULES)
-    lr, warmup = float(cfg.learning_rate), int(cfg.get("warmup_steps", 0))
+    lr, warmup = float(cfg.learning_rate), int(cfg.warmup_steps)
     if lr <= 0:
         raise UserError(f"config.optimizer.learning_rate must be positive, got {lr}")
     if warmup < 0 or warmup >= max(total_steps, 1) and warmup > 0:
@@ -28,10 +28,7 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     elif cfg.schedule == "linear":
         main = optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))
     else:
-        boundaries = {
-            int(f * total_steps) - warmup: float(cfg.get("decay_factor", 0.1))
-            for f in cfg.get("decay_at", (0.5, 0.75))
-        }
+        boundaries = {int(f * total_steps) - warmup: float(cfg.decay_factor) for f in cfg.decay_at}
         main = optax.piecewise_constant_schedule(lr, boundaries)
     if warmup == 0:
         return main
@@ -41,12 +38,12 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     choose("optimizer", cfg.name, OPTIMIZERS)
     schedule = make_schedule(cfg, total_steps)
-    wd = float(cfg.get("weight_decay", 0.0))
+    wd = float(cfg.weight_decay)
     if cfg.name == "sgd":
         # Coupled L2 (added to the gradient before momentum), as in the PyTorch references.
         return optax.chain(
             optax.add_decayed_weights(wd) if wd else optax.identity(),
-            optax.sgd(schedule, momentum=cfg.get("momentum", 0.9) or None, nesterov=False),
+            optax.sgd(schedule, momentum=float(cfg.momentum) or None, nesterov=False),
         )
     if cfg.name == "adam":
         return optax.chain(

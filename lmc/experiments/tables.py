@@ -1,0 +1,61 @@
+"""Markdown tables that the experiments' `table()` functions share.
+
+Errors are shown in percent (how papers report them); results.json keeps fractions.
+"""
+
+from __future__ import annotations
+
+COLUMNS = ("test_loss", "test_error", "train_loss", "train_error")
+HEADER = ["run", "method", *(f"barrier {c}" for c in COLUMNS)]
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: (
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+    )
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(header), sep, *(fmt(r) for r in rows)])
+
+
+def value(metric: str, v) -> str:
+    """A loss in nats, an error in percent points."""
+    if v is None:
+        return ""
+    return f"{100 * v:.2f}%" if metric.endswith("error") else f"{v:.4f}"
+
+
+def mean_std(metric: str, mean: dict, std: dict, n: int) -> str:
+    if metric not in mean:
+        return ""
+    if n < 2:  # one pair has no spread to report
+        return value(metric, mean[metric])
+    return f"{value(metric, mean[metric])} ± {value(metric, std.get(metric, 0.0))}"
+
+
+def method_rows(run: str, methods: dict) -> list[list[str]]:
+    """One row per method of a `methods` dict (pair-shaped results)."""
+    rows = []
+    for method, entry in methods.items():
+        if "error" in entry:
+            rows.append([run, method, "failed: " + entry["error"][:60], "", "", ""])
+            continue
+        barrier = entry.get("barrier", {})
+        rows.append([run, method, *(value(c, barrier.get(c)) for c in COLUMNS)])
+    return rows
+
+
+def point_rows(run: str, results: dict) -> list[list[str]]:
+    """One row per (point, method) of sweep-shaped results (`points`, `sweep_key`)."""
+    key = results["sweep_key"]
+    rows = []
+    for point in sorted(results["points"], key=lambda p: p[key]):
+        for method, stats in point["methods"].items():
+            label = f"{run} [{key}={point[key]:g}]"
+            if "error" in stats:
+                rows.append([label, method, "failed: " + stats["error"][:60], "", "", ""])
+                continue
+            n = int(stats.get("num_pairs", 1))
+            cells = [mean_std(c, stats["barrier_mean"], stats["barrier_std"], n) for c in COLUMNS]
+            rows.append([label, f"{method} ({n} pair{'s' if n != 1 else ''})", *cells])
+    return rows
