@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from lmc import align, metrics, models, sharding
-from lmc.align.transformer_oracle import transformer_spec
 from lmc.errors import UserError
 from lmc.experiments import lm_common
 from lmc.train import evaluate_sharded
+from tests.oracles import transformer_spec
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lmc.align.trace import AxisGraph, Nodes
+from lmc.align.graph import AxisGraph, Nodes
 
 Rule = Callable[[AxisGraph, object, list[Nodes], list[bool]], list[Nodes]]
 RULES: dict[str, Rule] = {}

@@ -13,7 +13,7 @@ Convention (the one Git Re-Basin uses): `perm[i]` is the index in the *original*
 tree of the unit that ends up at position `i`, i.e. permuting is `take(x, perm)`.
 
 Trees. The spec's paths refer into whatever tree it was built for. For `lmc.models`
-(`spec_from_model`, the oracle specs) that is the combined tree
+(`spec_from_model`) that is the combined tree
 `{"params": params, "model_state": model_state}`, so BatchNorm running statistics are
 permuted with their channels. `apply_permutation` requires that combined tree when
 the spec touches the model state; given only `params` it works for specs that do
