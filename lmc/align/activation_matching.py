@@ -120,6 +120,13 @@ def _is_model(obj) -> bool:
     return all(hasattr(obj, a) for a in ("module", "init", "apply"))
 
 
+def _shape_struct(x) -> jax.ShapeDtypeStruct:
+    """The input's shape and its own dtype: token ids must stay integers (an embedding
+    lookup of float ids is another program, or no program at all)."""
+    dtype = getattr(x, "dtype", None) or np.asarray(x).dtype
+    return jax.ShapeDtypeStruct(np.shape(x), dtype)
+
+
 def _first_input(batch):
     if isinstance(batch, dict):
         for key in ("x", "image", "images", "inputs"):
@@ -154,7 +161,7 @@ def activation_matching(
         first = next(batches)
     except StopIteration:
         raise UserError("activation_matching needs at least one batch") from None
-    x0 = jax.ShapeDtypeStruct(np.shape(_first_input(first)), jnp.float32)
+    x0 = _shape_struct(_first_input(first))
     tree_a, tree_b = params_a, params_b
     model = apply_fn_or_model if _is_model(apply_fn_or_model) else None
     if model is not None:

@@ -39,6 +39,13 @@ class AxisGraph:
         self.context: tuple = ()
         self.record = True
         self.used: set[int] = set()  # nodes of tree leaves some traced program reads
+        # Stacked (per-layer) permutations: the scanned axis of every scan, the chain
+        # of scanned axes enclosing the equation being walked, and every array with
+        # the chain it was made in. A class may take one permutation per index of a
+        # scanned axis if every array carrying it is indexed by that axis.
+        self.stacks: list[int] = []
+        self.scope: tuple[int, ...] = ()
+        self.arrays: list[tuple[Nodes, tuple[int, ...]]] = []
 
     # ---- union-find ---------------------------------------------------------------
     def new(self, size: int) -> int:
@@ -132,11 +139,17 @@ class AxisGraph:
             for v, nodes in zip(eqn.outvars, outs, strict=True):
                 assert len(nodes) == len(v.aval.shape), (eqn.primitive.name, nodes, v.aval)
                 env[v], dep[v] = nodes, d
+                self.arrays.append((nodes, self.scope))
                 if d and record:
                     self.values.append(((context, v), nodes))
         self.context, self.record = saved
         outs = [read(v) for v in jaxpr.outvars]
         return [o[0] for o in outs], [o[1] for o in outs]
+
+    def array(self, nodes: Nodes) -> Nodes:
+        """Register a value made outside any rule (a tree leaf, a model input)."""
+        self.arrays.append((nodes, self.scope))
+        return nodes
 
     def probe(self, var, nodes: Nodes, axis: int) -> None:
         """Record that `var`'s `axis` is consumed by a contraction (an activation)."""
@@ -202,6 +215,50 @@ class AxisGraph:
         sizes = [self.size[a] for a in atoms]
         return [(a, math.prod(sizes[i + 1 :])) for i, a in enumerate(atoms)]
 
+    def _reasons(self, comp: dict[int, Nodes], pinned: set[int]) -> dict[int, str]:
+        """Pinned class -> why (the first reason given for any of its nodes)."""
+        why: dict[int, str] = {}
+        for n, reason in self.pins.items():
+            why.setdefault(self.find(n), reason)
+        for whole, factors in comp.items():  # factors pinned through their composite
+            if whole in pinned:
+                for f in factors:
+                    why.setdefault(
+                        f, f"part of a reshaped axis whose order matters ({why.get(whole)})"
+                    )
+        return why
+
+    def _stacked(self, atoms: set[int], comp: dict[int, Nodes]) -> dict[int, int]:
+        """atom -> the scanned axis it may take one permutation per index of.
+
+        That is the case when every array carrying the atom is made inside the scan's
+        body (evaluated once per index) or has the scanned axis itself (a stacked
+        parameter, the stacked outputs). A carry, a parameter shared by every layer, or
+        a sum over the layers carry it without the index: one permutation for all.
+        """
+        stack_roots = sorted({self.find(s) for s in self.stacks if self.size[s] > 1})
+        if not stack_roots or not atoms:
+            return {}
+        touching: dict[int, list[int]] = {}
+        for i, (nodes, _) in enumerate(self.arrays):
+            for n in nodes:
+                for atom, _ in self._expand(self.find(n), comp):
+                    if atom in atoms:
+                        touching.setdefault(atom, []).append(i)
+
+        def indexed(i: int, s: int) -> bool:
+            nodes, scope = self.arrays[i]
+            return any(self.find(x) == s for x in (*scope, *nodes))
+
+        out = {}
+        for atom in atoms:
+            arrays = set(touching.get(atom, ()))
+            for s in stack_roots:
+                if arrays and all(indexed(i, s) for i in arrays):
+                    out[atom] = s
+                    break
+        return out
+
     def analyze(
         self, leaves: Sequence[tuple[Path, Nodes]], probes=(), values=(), jaxpr=None
     ) -> Analysis:
@@ -215,30 +272,69 @@ class AxisGraph:
         def free(root: int) -> bool:
             return root not in pinned and root not in comp and self.size[root] > 1
 
+        found_atoms = {
+            atom
+            for _, nodes in leaves
+            for node in nodes
+            for atom, _ in self._expand(self.find(node), comp)
+            if free(atom)
+        }
+        stacked = self._stacked(found_atoms, comp)
         refs: dict[int, list[AxisRef]] = {}
         for path, nodes in leaves:
             for axis, node in enumerate(nodes):
                 for atom, inner in self._expand(self.find(node), comp):
                     if free(atom):
-                        refs.setdefault(atom, []).append(AxisRef(path, axis, inner))
+                        stack = None
+                        if atom in stacked:
+                            stack = next(
+                                j for j, m in enumerate(nodes) if self.find(m) == stacked[atom]
+                            )
+                        refs.setdefault(atom, []).append(AxisRef(path, axis, inner, stack))
         names = _names(refs, leaves)
-        found: dict[str, list[tuple[Any, int, int]]] = {}
+        found: dict[str, list[tuple[Any, int, int, tuple[int, ...]]]] = {}
+
+        def site(var, nodes: Nodes, axis: int, inner: int, atom: int):
+            # Other axes carrying permutations are summed over when the features are
+            # gathered: B's order along them is unknown, a sum does not depend on it.
+            other = tuple(
+                k
+                for k, n in enumerate(nodes)
+                if k != axis
+                and any(a in names and a != atom for a, _ in self._expand(self.find(n), comp))
+            )
+            return (var, axis, inner, other)
+
         for var, nodes, axis in probes:
             for atom, inner in self._expand(self.find(nodes[axis]), comp):
-                site = (var, axis, inner)
-                if atom in names and site not in found.get(names[atom], []):
-                    found.setdefault(names[atom], []).append(site)
+                entry = site(var, nodes, axis, inner, atom)
+                if atom in names and entry not in found.get(names[atom], []):
+                    found.setdefault(names[atom], []).append(entry)
         for var, nodes in reversed(values):  # fallback: the last value carrying the class
             for axis, node in enumerate(nodes):
                 for atom, inner in self._expand(self.find(node), comp):
                     if atom in names and names[atom] not in found:
-                        found[names[atom]] = [(var, axis, inner)]
+                        found[names[atom]] = [site(var, nodes, axis, inner, atom)]
         spec = PermutationSpec(
             {names[r]: self.size[r] for r in names},
             {names[r]: tuple(refs[r]) for r in names},
             tuple(self.notes),
+            {names[r]: self.size[stacked[r]] for r in names if r in stacked},
         )
-        return Analysis(spec, found, jaxpr)
+        reasons = self._reasons(comp, pinned)
+        unpermuted = []
+        for path, nodes in leaves:
+            for axis, node in enumerate(nodes):
+                if self.size[node] < 2:
+                    continue
+                atoms = self._expand(self.find(node), comp)
+                if any(a in names for a, _ in atoms):
+                    continue
+                why = next(
+                    (reasons[a] for a, _ in atoms if a in reasons), "size 1 or not a hidden axis"
+                )
+                unpermuted.append((path, axis, self.size[node], why))
+        return Analysis(spec, found, jaxpr, unpermuted)
 
 
 def _names(refs: dict[int, list[AxisRef]], leaves) -> dict[int, str]:
@@ -278,5 +374,8 @@ class Analysis:
     """A derived spec, plus where each permutation's activations live in the program."""
 
     spec: PermutationSpec
-    probes: dict[str, list[tuple[Any, int, int]]]  # name -> [((context, var), axis, inner)]
+    # name -> [((context, var), axis, inner, other permuted axes to sum over)]
+    probes: dict[str, list[tuple[Any, int, int, tuple[int, ...]]]]
     jaxpr: Any = None  # the ClosedJaxpr the probes refer to
+    # Parameter axes no permutation acts on: (path, axis, size, why).
+    unpermuted: list[tuple[Path, int, int, str]] = dataclasses.field(default_factory=list)

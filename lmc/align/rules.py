@@ -435,26 +435,40 @@ def while_(g, eqn, ins, deps):
 
 @register("scan")
 def scan(g, eqn, ins, deps):
-    """The scanned axis is ordered (pinned); carries keep their axes across steps."""
+    """The scanned axis is ordered (pinned) and shared by every xs and ys.
+
+    Carries keep their axes across steps. The body is walked once, inside the scan's
+    scope: classes only its per-step values carry may get one permutation per step
+    (stacked layers, see `AxisGraph._stacked`). Its activations are recorded: the
+    activation matcher evaluates the scan with them stacked as extra outputs.
+    """
     p = eqn.params
     nconst, ncarry = p["num_consts"], p["num_carry"]
     consts, carry, xs = ins[:nconst], ins[nconst : nconst + ncarry], ins[nconst + ncarry :]
+    stack = g.new(p["length"])
+    g.pin(stack, "scanned axis")
+    g.stacks.append(stack)
     for nodes in xs:
-        g.pin(nodes[0], "scanned axis")
+        g.union(nodes[0], stack)
     inner_in = [*consts, *carry, *(nodes[1:] for nodes in xs)]
-    outs, _ = g.run_closed(
-        p["jaxpr"],
-        [tuple(n) for n in inner_in],
-        [any(deps)] * len(inner_in),
-        g.context,
-        record=False,
-    )
+    saved = g.scope
+    g.scope = (*saved, stack)
+    try:
+        outs, _ = g.run_closed(
+            p["jaxpr"],
+            [tuple(n) for n in inner_in],
+            [any(deps)] * len(inner_in),
+            g.context,
+            record=g.record,
+        )
+    finally:
+        g.scope = saved
     carry_out, ys = outs[:ncarry], outs[ncarry:]
     for a, b in zip(carry, carry_out, strict=True):
         g.union_all(a, b)
     result = list(carry)
     for nodes, v in zip(ys, eqn.outvars[ncarry:], strict=True):
         m = g.new(_shape(v)[0])
-        g.pin(m, "scanned axis")
+        g.union(m, stack)
         result.append((m, *nodes))
     return result

@@ -82,8 +82,8 @@ def trace_into(
     g = graph
     paths = tree_paths(tree)
     if leaf_nodes is None:
-        leaf_nodes = [g.fresh(np.shape(leaf)) for _, leaf in paths]
-    arg_nodes = [g.fresh(np.shape(a)) for a in jax.tree_util.tree_leaves(dynamic)]
+        leaf_nodes = [g.array(g.fresh(np.shape(leaf))) for _, leaf in paths]
+    arg_nodes = [g.array(g.fresh(np.shape(a))) for a in jax.tree_util.tree_leaves(dynamic)]
     for nodes in arg_nodes:
         g.pin_all(nodes, "model input")
     g.probes, g.values = [], []
