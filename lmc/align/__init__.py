@@ -17,6 +17,13 @@ Conventions (see `lmc.align.spec`):
 - Blocked axes (`AxisRef.inner`): an axis holding several factors, e.g. a dense
   kernel after an NHWC flatten, is viewed as (outer, size, inner).
 
+Stacked permutations (`spec.stacks`): one permutation per layer of a scanned model
+(`nn.scan`, `jax.lax.scan`); `perms[name]` is then an (L, n) array, and every method
+and helper takes them.
+
+`check(fn, spec, params, *args)` applies a random element of the spec and reports the
+largest output change, and which parameter axes stay unpermuted and why.
+
 Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`. Helpers:
 `identity`, `compose`, `inverse`, `random_permutations`. Specs are always traced;
 the hand-written specs that check the tracer live with the tests (`tests/oracles`).
@@ -24,6 +31,7 @@ the hand-written specs that check the tracer live with the tests (`tests/oracles
 
 from lmc.align import trace
 from lmc.align.activation_matching import activation_matching
+from lmc.align.check import CheckReport, check
 from lmc.align.merge_many import merge_many
 from lmc.align.spec import (
     AxisRef,
@@ -40,6 +48,8 @@ from lmc.align.weight_matching import weight_matching
 
 __all__ = [
     "AxisRef",
+    "CheckReport",
+    "check",
     "PermutationSpec",
     "activation_matching",
     "apply_permutation",

@@ -20,6 +20,7 @@ the right hidden features.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 
 from lmc.align.graph import Analysis, AxisGraph, Nodes  # noqa: F401  (re-exported)
+from lmc.align.report import summary
 from lmc.align.rules import RULES, unknown
 from lmc.align.spec import Path, PermutationSpec
 from lmc.errors import UserError
@@ -144,9 +146,10 @@ def spec_from_function(apply_fn: Callable, params, *example_args) -> Permutation
     (bools, strings, None) are passed through as static values (e.g. `train=True`).
     `params` may hold arrays or `jax.ShapeDtypeStruct`s; nothing is computed.
     """
-    spec = analyze_function(apply_fn, params, *example_args).spec
-    _warn_if_empty(spec)
-    return spec
+    analysis = analyze_function(apply_fn, params, *example_args)
+    logging.getLogger("lmc.align").info("spec_from_function: %s", summary(analysis))
+    _warn_if_empty(analysis.spec)
+    return analysis.spec
 
 
 def model_shapes(model, example_input) -> tuple[dict, Any]:
@@ -186,6 +189,7 @@ def spec_from_model(model, example_input) -> PermutationSpec:
     Both train mode (batch statistics, running-stat updates) and eval mode (running
     statistics) are traced, and their constraints combined.
     """
-    spec = analyze_model(model, example_input).spec
-    _warn_if_empty(spec)
-    return spec
+    analysis = analyze_model(model, example_input)
+    logging.getLogger("lmc.align").info("spec_from_model: %s", summary(analysis))
+    _warn_if_empty(analysis.spec)
+    return analysis.spec
