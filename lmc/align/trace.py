@@ -48,7 +48,7 @@ def tree_paths(tree) -> list[tuple[Path, Any]]:
     return [(tuple(_path_key(k) for k in kp), leaf) for kp, leaf in flat]
 
 
-def _is_static(x) -> bool:
+def is_static(x) -> bool:
     return isinstance(x, (bool, str)) or x is None or callable(x)
 
 
@@ -69,7 +69,7 @@ def trace_into(
     combines the constraints of several programs (train and eval mode).
     Returns (leaf_nodes, program) where program = (closed jaxpr, probes, values).
     """
-    static = {i: a for i, a in enumerate(args) if _is_static(a)}
+    static = {i: a for i, a in enumerate(args) if is_static(a)}
     dynamic = [a for i, a in enumerate(args) if i not in static]
 
     def wrapped(t, *dyn):
