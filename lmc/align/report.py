@@ -21,8 +21,8 @@ def summary(analysis: Analysis) -> str:
     """One line: permutations found (stacked ones counted), axes pinned and why."""
     spec = analysis.spec
     axes = sum(len(refs) for refs in spec.axes.values())
-    stacked = f", {len(spec.stacks)} of them per layer" if spec.stacks else ""
-    line = f"{len(spec.axes)} permutations{stacked} over {axes} parameter axes"
+    stacked = f" ({len(spec.stacks)} of them one per layer)" if spec.stacks else ""
+    line = f"{len(spec.axes)} permutations over {axes} parameter axes{stacked}"
     reasons = Counter(_short(why) for *_, why in analysis.unpermuted)
     if reasons:
         pinned = ", ".join(f"{why} {n}" for why, n in reasons.most_common())
