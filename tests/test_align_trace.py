@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lmc import align, models
+from tests.oracles import oracle_spec
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
 
@@ -59,7 +60,7 @@ def random_variables(model, seed, x=X, shapes=None):
 @pytest.mark.parametrize("i", range(len(CASES)), ids=IDS)
 def test_derived_spec_equals_oracle(i):
     model, spec, shapes = model_spec_shapes(*CASES[i][:1], **CASES[i][1])
-    oracle = align.oracle_spec(CASES[i][0], shapes)
+    oracle = oracle_spec(CASES[i][0], shapes)
     assert spec.equivalent(oracle), spec.diff(oracle)
     assert not spec.notes
 

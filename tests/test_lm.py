@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from lmc import align, evaluate, models, sharding
-from lmc.align.transformer_oracle import transformer_spec
 from lmc.errors import UserError
 from lmc.evaluate import metrics
+from tests.oracles import transformer_spec
 
 
 @functools.cache

@@ -14,6 +14,22 @@ def test_alignment_example_runs(capsys):
     assert "recovered the planted permutation" in capsys.readouterr().out
 
 
+def test_aligning_your_own_model_runs(capsys):
+    """The section's python blocks run in order, in one namespace, and each check
+    finds its spec invariant."""
+    text = README.read_text()
+    start = text.index("## Aligning your own model")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert out.count(": invariant") == 3 and "NOT invariant" not in out
+    assert "4x8" in out  # one permutation per layer of the scanned model
+
+
 def test_quickstart_has_exactly_two_commands():
     text = README.read_text()
     block = text[text.index("## Quickstart") :].split("```")[1]

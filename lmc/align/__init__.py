@@ -9,23 +9,30 @@
 Conventions (see `lmc.align.spec`):
 - `perms` maps permutation name -> int array; permuting is `take(x, perm, axis)`,
   so `perm[i]` is the unit of B that lands at position i (matched to A's unit i).
-- A spec's paths refer into the tree it was built for. `spec_from_model` and the
-  oracle specs use the combined tree {"params": ..., "model_state": ...}, so
+- A spec's paths refer into the tree it was built for. `spec_from_model` uses the
+  combined tree {"params": ..., "model_state": ...}, so
   BatchNorm running statistics permute with their channels. The matching methods
   accept params alone (statistics are not weights); `apply_permutation` needs the
   combined tree whenever the spec touches the model state.
 - Blocked axes (`AxisRef.inner`): an axis holding several factors, e.g. a dense
   kernel after an NHWC flatten, is viewed as (outer, size, inner).
 
+Stacked permutations (`spec.stacks`): one permutation per layer of a scanned model
+(`nn.scan`, `jax.lax.scan`); `perms[name]` is then an (L, n) array, and every method
+and helper takes them.
+
+`check(fn, spec, params, *args)` applies a random element of the spec and reports the
+largest output change, and which parameter axes stay unpermuted and why.
+
 Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`. Helpers:
-`identity`, `compose`, `inverse`, `random_permutations`. Hand-written oracle specs:
-`mlp_spec`, `cnn_spec`, `vgg_spec`, `resnet20_spec` (`oracle_spec(name, tree)`).
+`identity`, `compose`, `inverse`, `random_permutations`. Specs are always traced;
+the hand-written specs that check the tracer live with the tests (`tests/oracles`).
 """
 
 from lmc.align import trace
 from lmc.align.activation_matching import activation_matching
+from lmc.align.check import CheckReport, check
 from lmc.align.merge_many import merge_many
-from lmc.align.oracle_specs import cnn_spec, mlp_spec, oracle_spec, resnet20_spec, vgg_spec
 from lmc.align.spec import (
     AxisRef,
     PermutationSpec,
@@ -41,22 +48,19 @@ from lmc.align.weight_matching import weight_matching
 
 __all__ = [
     "AxisRef",
+    "CheckReport",
+    "check",
     "PermutationSpec",
     "activation_matching",
     "apply_permutation",
-    "cnn_spec",
     "compose",
     "identity",
     "inverse",
     "merge_many",
-    "mlp_spec",
-    "oracle_spec",
     "random_permutations",
-    "resnet20_spec",
     "spec_from_function",
     "spec_from_model",
     "ste",
     "trace",
-    "vgg_spec",
     "weight_matching",
 ]

@@ -11,6 +11,7 @@ returned for REPAIR-style corrections (Jordan et al. 2022).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import warnings
@@ -24,7 +25,7 @@ from jax.extend import core as jcore
 
 from lmc.align.checks import check_finite, check_same_structure
 from lmc.align.rules import CALL_PRIMITIVES
-from lmc.align.spec import PermutationSpec, check_sizes, resolve
+from lmc.align.spec import PermutationSpec, check_sizes, identity, resolve
 from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_paths
 from lmc.align.weight_matching import solve_assignment
 from lmc.errors import UserError
@@ -37,12 +38,15 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
 
     Call-like equations on the way to a wanted value are interpreted (their inner
     values get keys with the equation's index appended to the context); everything
-    else is bound as usual. Meant to run under `jax.jit`.
+    else is bound as usual. A scan on the way is replayed with `jax.lax.scan`, its
+    body interpreted and the wanted values inside it stacked as extra outputs: they
+    come back with a leading axis per enclosing scan. Meant to run under `jax.jit`.
     """
-    captured: dict = {}
     prefixes = {ctx[:k] for ctx, _ in wanted for k in range(1, len(ctx) + 1)}
+    # Values are collected under integer ids: scan outputs must be sortable pytrees.
+    ids = {key: i for i, key in enumerate(wanted)}
 
-    def run(jaxpr, consts, vals, context):
+    def run(jaxpr, consts, vals, context, sink):
         env = {}
 
         def read(v):
@@ -50,8 +54,8 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
 
         def write(v, x):
             env[v] = x
-            if (context, v) in wanted:
-                captured[(context, v)] = x
+            if (context, v) in ids:
+                sink[ids[(context, v)]] = x
 
         for v, x in zip(jaxpr.constvars, consts, strict=True):
             write(v, x)
@@ -59,13 +63,17 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
             write(v, x)
         for i, eqn in enumerate(jaxpr.eqns):
             invals = [read(v) for v in eqn.invars]
+            here = (*context, i)
             inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-            if (*context, i) in prefixes and eqn.primitive.name in CALLS and inner is not None:
+            if here in prefixes and eqn.primitive.name == "scan":
+                outs = scan(eqn, invals, here, sink)
+            elif here in prefixes and eqn.primitive.name in CALLS and inner is not None:
                 outs = run(
                     getattr(inner, "jaxpr", inner),
                     getattr(inner, "consts", ()),
                     invals,
-                    (*context, i),
+                    here,
+                    sink,
                 )
             else:
                 with eqn.ctx.manager:
@@ -75,16 +83,46 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
                 write(v, x)
         return [read(v) for v in jaxpr.outvars]
 
-    run(closed.jaxpr, closed.consts, args, ())
-    return captured
+    def scan(eqn, invals, here, sink):
+        p = eqn.params
+        nc, ncarry = p["num_consts"], p["num_carry"]
+        consts, init, xs = invals[:nc], invals[nc : nc + ncarry], invals[nc + ncarry :]
+        body = p["jaxpr"]
+
+        def step(carry, x):
+            captured: dict = {}
+            outs = run(body.jaxpr, body.consts, [*consts, *carry, *x], here, captured)
+            return list(outs[:ncarry]), (list(outs[ncarry:]), captured)
+
+        carry, (ys, captured) = jax.lax.scan(
+            step, list(init), list(xs), length=p["length"], reverse=p["reverse"]
+        )
+        sink.update(captured)
+        return [*carry, *ys]
+
+    captured: dict = {}
+    run(closed.jaxpr, closed.consts, args, (), captured)
+    return {key: captured[i] for key, i in ids.items() if i in captured}
 
 
-def _features(x, axis: int, inner: int, n: int):
-    """(samples, n): the permuted factor of `axis` last, everything else is samples."""
+def _features(x, site, stacked: bool):
+    """(samples, n), or (L, samples, n) for a stacked permutation.
+
+    `x` is the captured value, with one leading axis per scan enclosing the site. The
+    permuted factor of the site's axis goes last; axes carrying other permutations
+    are summed over (B's order along them is unknown); everything else is samples.
+    """
+    _, axis, inner, other, n, lead = site
+    ndim = x.ndim - lead
+    axis, other = axis % ndim + lead, tuple(k % ndim + lead for k in other)
+    if other:
+        x = x.sum(axis=other, keepdims=True)
     shape = x.shape
-    axis %= x.ndim
     x = x.reshape((*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :]))
-    return jnp.moveaxis(x, axis + 1, -1).reshape((-1, n)).astype(jnp.float32)
+    x = jnp.moveaxis(x, axis + 1, -1)
+    if stacked:  # the site is inside the scan: its leading axis is the layer
+        return x.reshape((x.shape[0], -1, n)).astype(jnp.float32)
+    return x.reshape((-1, n)).astype(jnp.float32)
 
 
 def _batch_stats(a, b):
@@ -118,6 +156,13 @@ def _merge(s, t):
 
 def _is_model(obj) -> bool:
     return all(hasattr(obj, a) for a in ("module", "init", "apply"))
+
+
+def _shape_struct(x) -> jax.ShapeDtypeStruct:
+    """The input's shape and its own dtype: token ids must stay integers (an embedding
+    lookup of float ids is another program, or no program at all)."""
+    dtype = getattr(x, "dtype", None) or np.asarray(x).dtype
+    return jax.ShapeDtypeStruct(np.shape(x), dtype)
 
 
 def _first_input(batch):
@@ -154,7 +199,7 @@ def activation_matching(
         first = next(batches)
     except StopIteration:
         raise UserError("activation_matching needs at least one batch") from None
-    x0 = jax.ShapeDtypeStruct(np.shape(_first_input(first)), jnp.float32)
+    x0 = _shape_struct(_first_input(first))
     tree_a, tree_b = params_a, params_b
     model = apply_fn_or_model if _is_model(apply_fn_or_model) else None
     if model is not None:
@@ -179,7 +224,7 @@ def activation_matching(
                 analysis = analyze_model(model, x)
             else:
                 analysis = analyze_function(apply_fn_or_model, tree_a, x)
-            steps[key] = _make_step(analysis, _sites(spec, analysis))
+            steps[key] = _make_step(analysis, _sites(spec, analysis), spec, tree_a, x)
         return steps[key]
 
     stats, count = None, 0
@@ -190,7 +235,7 @@ def activation_matching(
         step, sites = step_for(x)
         if not sites:
             break
-        stats = step(_zero_stats(sites) if stats is None else stats, tree_a, tree_b, x)
+        stats = step(_zero_stats(spec, sites) if stats is None else stats, tree_a, tree_b, x)
         count += 1
     sizes = check_sizes(*resolve(spec, tree_a))
     if not stats:
@@ -199,20 +244,38 @@ def activation_matching(
             "returning identity permutations",
             stacklevel=2,
         )
-        return {n: jnp.arange(s) for n, s in sizes.items()}, {
+        return _identity(spec, sizes), {
             "stats": {},
             "batches": 0,
             "wall_s": time.perf_counter() - t0,
         }
     perms, info_stats = {}, {}
     for name, per_site in stats.items():
-        corr = sum(_correlation(s) for s in per_site)
-        perms[name] = jnp.asarray(solve_assignment(corr))
-        info_stats[name] = [_site_stats(s, perms[name]) for s in per_site]
-    for name in spec.axes:  # permutations without activations in the program
-        if name not in perms:
-            perms[name] = jnp.arange(sizes[name])
+        if name in spec.stacks:  # one assignment per layer, on that layer's statistics
+            layers = range(spec.stacks[name])
+            rows = [_solve([jax.tree.map(lambda v: v[i], s) for s in per_site]) for i in layers]  # noqa: B023
+            perms[name] = jnp.asarray(np.stack(rows))
+            info_stats[name] = [
+                jax.tree.map(
+                    lambda *xs: np.stack(xs),
+                    *[_site_stats(jax.tree.map(lambda v: v[i], s), rows[i]) for i in layers],  # noqa: B023
+                )
+                for s in per_site
+            ]
+        else:
+            perms[name] = jnp.asarray(_solve(per_site))
+            info_stats[name] = [_site_stats(s, perms[name]) for s in per_site]
+    for name, p in _identity(spec, sizes).items():  # permutations without activations
+        perms.setdefault(name, p)
     return perms, {"stats": info_stats, "batches": count, "wall_s": time.perf_counter() - t0}
+
+
+def _identity(spec: PermutationSpec, sizes) -> dict:
+    return identity(dataclasses.replace(spec, sizes={**spec.sizes, **sizes}))
+
+
+def _solve(per_site) -> np.ndarray:
+    return solve_assignment(sum(_correlation(s) for s in per_site))
 
 
 def _correlation(s) -> np.ndarray:
@@ -234,45 +297,77 @@ def _site_stats(s, perm) -> dict:
     }
 
 
-def _make_step(analysis, sites):
-    """The jitted accumulator for one traced program: (stats, tree_a, tree_b, x) -> stats."""
-    wanted = {key for entries in sites.values() for key, _, _, _ in entries}
+def _make_step(analysis, sites, spec, tree, x):
+    """The jitted accumulator for one traced program: (stats, tree_a, tree_b, x) -> stats.
+
+    Sites get their number of leading scan axes (from the shapes the probes come back
+    with); a stacked permutation keeps only sites inside one scan, whose leading axis
+    is the layer.
+    """
+    wanted = {key for entries in sites.values() for key, *_ in entries}
 
     def probe(tree, x):
         leaves = [leaf for _, leaf in tree_paths(tree)] + jax.tree.leaves(x)
         return eval_with_probes(analysis.jaxpr, leaves, wanted)
+
+    order = list(wanted)  # probe keys hold jaxpr vars: not sortable as pytree keys
+    shapes = dict(
+        zip(
+            order,
+            jax.eval_shape(lambda t, x: [probe(t, x)[k] for k in order], tree, x),
+            strict=True,
+        )
+    )
+    sites = {
+        name: [(*e, len(shapes[e[0]].shape) - len(e[0][1].aval.shape)) for e in entries]
+        for name, entries in sites.items()
+    }
+    sites = {
+        name: [e for e in entries if name not in spec.stacks or e[-1] == 1]
+        for name, entries in sites.items()
+    }
+    sites = {name: entries for name, entries in sites.items() if entries}
 
     @jax.jit
     def step(stats, tree_a, tree_b, x):
         fa, fb = probe(tree_a, x), probe(tree_b, x)
         new = {}
         for name, entries in sites.items():
-            new[name] = []
-            for i, (key, axis, inner, n) in enumerate(entries):
-                s = _batch_stats(
-                    _features(fa[key], axis, inner, n), _features(fb[key], axis, inner, n)
+            stacked = name in spec.stacks
+            merge = jax.vmap(_merge) if stacked else _merge
+            batch = jax.vmap(_batch_stats) if stacked else _batch_stats
+            new[name] = [
+                merge(
+                    stats[name][i],
+                    batch(_features(fa[e[0]], e, stacked), _features(fb[e[0]], e, stacked)),
                 )
-                new[name].append(_merge(stats[name][i], s))
+                for i, e in enumerate(entries)
+            ]
         return new
 
     return step, sites
 
 
-def _zero_stats(sites) -> dict:
+def _zero_stats(spec, sites) -> dict:
     """Empty running statistics (count 0), so the jitted step has one signature."""
-    zero = lambda n: {
-        "count": jnp.float32(0),
-        "mean_a": jnp.zeros(n),
-        "mean_b": jnp.zeros(n),  # noqa: E731
-        "m2_a": jnp.zeros(n),
-        "m2_b": jnp.zeros(n),
-        "cross": jnp.zeros((n, n)),
-    }
-    return {name: [zero(n) for *_, n in entries] for name, entries in sites.items()}
+
+    def zero(name, n):
+        lead = (spec.stacks[name],) if name in spec.stacks else ()
+        return {
+            "count": jnp.zeros(lead, jnp.float32),
+            "mean_a": jnp.zeros((*lead, n)),
+            "mean_b": jnp.zeros((*lead, n)),
+            "m2_a": jnp.zeros((*lead, n)),
+            "m2_b": jnp.zeros((*lead, n)),
+            "cross": jnp.zeros((*lead, n, n)),
+        }
+
+    return {name: [zero(name, e[4]) for e in entries] for name, entries in sites.items()}
 
 
-def _sites(spec: PermutationSpec, analysis) -> dict[str, list[tuple[Any, int, int, int]]]:
-    """spec name -> [(probe key, axis, inner, size)], matching permutations by their axes."""
+def _sites(spec: PermutationSpec, analysis) -> dict[str, list[tuple]]:
+    """spec name -> [(probe key, axis, inner, other axes, size)], matching permutations
+    by their axes."""
     by_ref = {r: name for name, refs in analysis.spec.axes.items() for r in refs}
     sites = {}
     for name, refs in spec.axes.items():
@@ -284,10 +379,14 @@ def _sites(spec: PermutationSpec, analysis) -> dict[str, list[tuple[Any, int, in
                 "spec made for this model?"
             )
         derived = found.pop()
+        if (name in spec.stacks) != (derived in analysis.spec.stacks):
+            raise UserError(
+                f"activation matching: permutation {name!r} is "
+                f"{'' if name in spec.stacks else 'not '}stacked in the spec but "
+                f"{'' if derived in analysis.spec.stacks else 'not '}in the traced program"
+            )
         n = analysis.spec.sizes[derived]
-        sites[name] = [
-            (key, axis, inner, n) for key, axis, inner in analysis.probes.get(derived, [])
-        ]
+        sites[name] = [(*entry, n) for entry in analysis.probes.get(derived, [])]
         if not sites[name]:
             del sites[name]
     return sites

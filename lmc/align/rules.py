@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lmc.align.trace import AxisGraph, Nodes
+from lmc.align.graph import AxisGraph, Nodes
 
 Rule = Callable[[AxisGraph, object, list[Nodes], list[bool]], list[Nodes]]
 RULES: dict[str, Rule] = {}
@@ -187,12 +187,17 @@ def conv(g, eqn, ins, deps):
         g.union(lhs[lspec[1]], rhs[rspec[1]])
         if deps[0]:
             g.probe(eqn.invars[0], lhs, lspec[1])
-    elif g.size[lhs[lspec[1]]] == groups and g.size[rhs[rspec[0]]] == groups:
-        # Depthwise, one filter per channel: channel c in -> channel c out.
-        g.union(lhs[lspec[1]], out[ospec[1]])
     else:
-        g.note("grouped convolution: its channels are pinned")
-        g.pin_all((lhs[lspec[1]], rhs[rspec[0]], rhs[rspec[1]], out[ospec[1]]), "grouped conv")
+        # Grouped (depthwise when each group has one input channel): channel c of group
+        # k is c + k * per_group, so input and output channels are (group, channel)
+        # composites. Whole groups permute together on both sides, and one
+        # within-group order of input channels (shared by the groups) ties to the
+        # kernel's input axis; the kernel's output axis is the output channels.
+        group = g.new(groups)
+        cin, cout = g.new(g.size[rhs[rspec[1]]]), g.new(g.size[out[ospec[1]]] // groups)
+        g.composite(lhs[lspec[1]], (group, cin))
+        g.composite(out[ospec[1]], (group, cout))
+        g.union(rhs[rspec[1]], cin)
     return [out]
 
 
@@ -369,11 +374,72 @@ def gather(g, eqn, ins, deps):
     return [out]
 
 
-@register("iota")
-def iota(g, eqn, ins, deps):
+@register("tile")
+def tile(g, eqn, ins, deps):
+    """out[r * n + j] = in[j] along each axis: a (repeat, axis) composite, repeats slowest.
+
+    Values are equal along the repeats, so their order is free; a size-1 axis tiled
+    (a [cls] token broadcast over the batch) is a fresh axis.
+    """
+    outs = g.fresh(_shape(eqn.outvars[0]))
+    for n, m, reps in zip(ins[0], outs, eqn.params["reps"], strict=True):
+        if reps == 1:
+            g.union(n, m)
+        else:
+            g.composite(m, (g.new(reps), n))
+    return [outs]
+
+
+@register("scatter", "scatter-add", "scatter_add", "scatter_mul", "scatter_min", "scatter_max")
+def scatter(g, eqn, ins, deps):
+    """Like `gather`: operand axes updated whole and never indexed (the features of
+    `x.at[:, 0].set(v)`) pass through and tie to the updates' window axes."""
+    operand, indices, updates = ins[:3]
+    dn = eqn.params["dimension_numbers"]
+    indexed = (
+        set(dn.inserted_window_dims)
+        | set(dn.scatter_dims_to_operand_dims)
+        | set(dn.operand_batching_dims)
+    )
+    window = [
+        i
+        for i in range(len(operand))
+        if i not in dn.inserted_window_dims and i not in dn.operand_batching_dims
+    ]
+    for i, ud in zip(window, dn.update_window_dims, strict=True):
+        if i not in indexed and g.size[updates[ud]] == g.size[operand[i]]:
+            g.union(operand[i], updates[ud])
+        else:
+            g.pin_all((operand[i], updates[ud]), "scattered")
+    for i in indexed:
+        g.pin(operand[i], "scattered")
+    g.pin_all(indices, "scatter indices")
+    g.pin_all(
+        tuple(n for k, n in enumerate(updates) if k not in dn.update_window_dims), "scattered"
+    )
+    return [operand]
+
+
+@register(
+    "iota",
+    "random_bits",
+    "random_seed",
+    "random_wrap",
+    "random_unwrap",
+    "random_fold_in",
+    "random_split",
+    "threefry2x32",
+    "rng_bit_generator",
+    "rng_uniform",
+)
+def positions(g, eqn, ins, deps):
+    """Values laid out by position (iota) or drawn at random (dropout masks): every
+    axis is ordered, and no parameter feeds them."""
+    for nodes in ins:
+        g.pin_all(nodes, f"{eqn.primitive.name} (positions or random numbers)")
     outs = _fresh_outs(g, eqn)
     for nodes in outs:
-        g.pin_all(nodes, "iota (positions)")
+        g.pin_all(nodes, f"{eqn.primitive.name} (positions or random numbers)")
     return outs
 
 
@@ -435,26 +501,40 @@ def while_(g, eqn, ins, deps):
 
 @register("scan")
 def scan(g, eqn, ins, deps):
-    """The scanned axis is ordered (pinned); carries keep their axes across steps."""
+    """The scanned axis is ordered (pinned) and shared by every xs and ys.
+
+    Carries keep their axes across steps. The body is walked once, inside the scan's
+    scope: classes only its per-step values carry may get one permutation per step
+    (stacked layers, see `AxisGraph._stacked`). Its activations are recorded: the
+    activation matcher evaluates the scan with them stacked as extra outputs.
+    """
     p = eqn.params
     nconst, ncarry = p["num_consts"], p["num_carry"]
     consts, carry, xs = ins[:nconst], ins[nconst : nconst + ncarry], ins[nconst + ncarry :]
+    stack = g.new(p["length"])
+    g.pin(stack, "scanned axis")
+    g.stacks.append(stack)
     for nodes in xs:
-        g.pin(nodes[0], "scanned axis")
+        g.union(nodes[0], stack)
     inner_in = [*consts, *carry, *(nodes[1:] for nodes in xs)]
-    outs, _ = g.run_closed(
-        p["jaxpr"],
-        [tuple(n) for n in inner_in],
-        [any(deps)] * len(inner_in),
-        g.context,
-        record=False,
-    )
+    saved = g.scope
+    g.scope = (*saved, stack)
+    try:
+        outs, _ = g.run_closed(
+            p["jaxpr"],
+            [tuple(n) for n in inner_in],
+            [any(deps)] * len(inner_in),
+            g.context,
+            record=g.record,
+        )
+    finally:
+        g.scope = saved
     carry_out, ys = outs[:ncarry], outs[ncarry:]
     for a, b in zip(carry, carry_out, strict=True):
         g.union_all(a, b)
     result = list(carry)
     for nodes, v in zip(ys, eqn.outvars[ncarry:], strict=True):
         m = g.new(_shape(v)[0])
-        g.pin(m, "scanned axis")
+        g.union(m, stack)
         result.append((m, *nodes))
     return result

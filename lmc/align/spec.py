@@ -9,11 +9,17 @@ channel as its fastest-varying factor. Such an axis is viewed as `(outer, size,
 inner)` and the permutation acts on the middle factor: the flatten case is
 `inner=1, outer=H*W`; a channel-major (NCHW) flatten would be `inner=H*W`.
 
+A *stacked* permutation (`spec.stacks[name] = L`) is one permutation per index of a
+stacking axis: the layers of an `nn.scan`/`jax.lax.scan` model keep their parameters
+stacked along a leading axis, and each layer has its own hidden units. Its value in
+`perms` has shape (L, size), and each of its `AxisRef`s names the leaf's stacking
+axis (`AxisRef.stack`): slice l of the leaf along it is permuted by `perm[l]`.
+
 Convention (the one Git Re-Basin uses): `perm[i]` is the index in the *original*
 tree of the unit that ends up at position `i`, i.e. permuting is `take(x, perm)`.
 
 Trees. The spec's paths refer into whatever tree it was built for. For `lmc.models`
-(`spec_from_model`, the oracle specs) that is the combined tree
+(`spec_from_model`) that is the combined tree
 `{"params": params, "model_state": model_state}`, so BatchNorm running statistics are
 permuted with their channels. `apply_permutation` requires that combined tree when
 the spec touches the model state; given only `params` it works for specs that do
@@ -38,15 +44,28 @@ COMBINED_KEYS = ("params", "model_state")
 
 @dataclasses.dataclass(frozen=True, order=True)
 class AxisRef:
-    """Axis `axis` of the leaf at `path`, viewed as (outer, size, inner) when blocked."""
+    """Axis `axis` of the leaf at `path`, viewed as (outer, size, inner) when blocked.
+
+    `stack`: for a stacked permutation, the leaf's stacking axis (None otherwise).
+    """
 
     path: Path
     axis: int
     inner: int = 1
+    stack: int | None = None
 
     def __str__(self) -> str:
         block = "" if self.inner == 1 else f" (block inner={self.inner})"
-        return f"{'/'.join(map(str, self.path))}[{self.axis}]{block}"
+        per = "" if self.stack is None else f" (per index of axis {self.stack})"
+        return f"{'/'.join(map(str, self.path))}[{self.axis}]{block}{per}"
+
+    def sort_key(self) -> tuple:
+        return (
+            tuple(map(str, self.path)),
+            self.axis,
+            self.inner,
+            -1 if self.stack is None else self.stack,
+        )
 
 
 def _as_ref(ref: Any) -> AxisRef:
@@ -55,7 +74,9 @@ def _as_ref(ref: Any) -> AxisRef:
     path, axis, *rest = ref
     if isinstance(path, str):
         path = tuple(path.split("/"))
-    return AxisRef(tuple(path), int(axis), int(rest[0]) if rest else 1)
+    inner = int(rest[0]) if rest else 1
+    stack = None if len(rest) < 2 or rest[1] is None else int(rest[1])
+    return AxisRef(tuple(path), int(axis), inner, stack)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +84,14 @@ class PermutationSpec:
     """Permutation name -> size, and name -> the axes it permutes.
 
     `notes` records why axes were pinned (unknown primitives etc.); it does not take
-    part in equality. Build one by hand with `PermutationSpec.from_axes`.
+    part in equality. `stacks` maps the stacked permutations to their number of
+    indices (see the module docstring). Build one by hand with `PermutationSpec.from_axes`.
     """
 
     sizes: Mapping[str, int]
     axes: Mapping[str, tuple[AxisRef, ...]]
     notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+    stacks: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_axes(
@@ -76,22 +99,36 @@ class PermutationSpec:
         axes: Mapping[str, Iterable[Any]],
         sizes: Mapping[str, int] | None = None,
         notes: Iterable[str] = (),
+        stacks: Mapping[str, int] | None = None,
     ) -> PermutationSpec:
-        """`axes`: name -> [(path, axis[, inner]), ...] with path a tuple or 'a/b/c'.
+        """`axes`: name -> [(path, axis[, inner[, stack]]), ...] with path a tuple or 'a/b/c'.
 
         Without `sizes` every permutation must have an unblocked axis; sizes are then
-        checked against the tree when the spec is used.
+        checked against the tree when the spec is used. A stacked permutation lists
+        its number of indices in `stacks` and the stacking axis in each of its refs.
         """
         refs = {name: tuple(_as_ref(r) for r in rs) for name, rs in axes.items()}
-        return cls(dict(sizes or {}), refs, tuple(notes))
+        return cls(dict(sizes or {}), refs, tuple(notes), dict(stacks or {}))
 
     def __post_init__(self):
         for name, refs in self.axes.items():
             seen = set()
+            stacked = name in self.stacks
             for r in refs:
                 if (r.path, r.axis, r.inner) in seen:
                     raise UserError(f"permutation {name!r} lists axis {r} twice")
                 seen.add((r.path, r.axis, r.inner))
+                if (r.stack is not None) != stacked:
+                    raise UserError(
+                        f"permutation {name!r}: {r} "
+                        + (
+                            "needs a stacking axis (the permutation is stacked)"
+                            if stacked
+                            else "has a stacking axis but the permutation is not in `stacks`"
+                        )
+                    )
+                if r.stack is not None and r.stack == r.axis:
+                    raise UserError(f"permutation {name!r}: {r} permutes its own stacking axis")
 
     # ---- views -------------------------------------------------------------------
     @property
@@ -110,11 +147,14 @@ class PermutationSpec:
         """The spec restricted to `tree[key]`, paths relative to it (e.g. 'params')."""
         axes = {}
         for name, refs in self.axes.items():
-            kept = tuple(AxisRef(r.path[1:], r.axis, r.inner) for r in refs if r.path[0] == key)
+            kept = tuple(
+                AxisRef(r.path[1:], r.axis, r.inner, r.stack) for r in refs if r.path[0] == key
+            )
             if kept:
                 axes[name] = kept
         sizes = {n: s for n, s in self.sizes.items() if n in axes}
-        return PermutationSpec(sizes, axes, self.notes)
+        stacks = {n: s for n, s in self.stacks.items() if n in axes}
+        return PermutationSpec(sizes, axes, self.notes, stacks)
 
     def is_combined(self) -> bool:
         """True if the paths refer into {'params': ..., 'model_state': ...}."""
@@ -124,6 +164,11 @@ class PermutationSpec:
     def canonical(self) -> dict[frozenset, int | None]:
         """Name-free form: the set of axes of each permutation -> its size (or None)."""
         return {frozenset(refs): self.sizes.get(n) for n, refs in self.axes.items()}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of `perms[name]`: (size,), or (stacks, size) for a stacked one."""
+        size = self.sizes[name]
+        return (self.stacks[name], size) if name in self.stacks else (size,)
 
     def equivalent(self, other: PermutationSpec) -> bool:
         """Equal up to names (sizes are compared where both specs state them)."""
@@ -137,13 +182,15 @@ class PermutationSpec:
         mine, theirs = self.canonical(), other.canonical()
         lines = []
         for label, a, b in (("left ", mine, theirs), ("right", theirs, mine)):
-            for refs in sorted(a.keys() - b.keys(), key=lambda r: sorted(r)):
+            for refs in sorted(a.keys() - b.keys(), key=_sorted_refs):
                 lines.append(
-                    f"only in {label} (size {a[refs]}): {', '.join(map(str, sorted(refs)))}"
+                    f"only in {label} (size {a[refs]}): {', '.join(map(str, _sorted_refs(refs)))}"
                 )
         for refs in mine.keys() & theirs.keys():
             if None not in (mine[refs], theirs[refs]) and mine[refs] != theirs[refs]:
-                lines.append(f"sizes differ ({mine[refs]} vs {theirs[refs]}): {sorted(refs)[0]}")
+                lines.append(
+                    f"sizes differ ({mine[refs]} vs {theirs[refs]}): {_sorted_refs(refs)[0]}"
+                )
         return "\n".join(lines)
 
     def table(self) -> str:
@@ -156,6 +203,8 @@ class PermutationSpec:
         )
         for name, refs in self.axes.items():
             size = self.sizes.get(name, "?")
+            if name in self.stacks:
+                size = f"{self.stacks[name]}x{size}"
             rows.append(f"{name:<{width}}  {size:>6}  {', '.join(map(str, refs))}")
         if self.notes:
             rows.append("notes:")
@@ -163,9 +212,18 @@ class PermutationSpec:
         return "\n".join(rows)
 
     def __repr__(self) -> str:
-        perms = ", ".join(f"{n}[{self.sizes.get(n, '?')}]" for n in self.axes)
+        perms = ", ".join(
+            f"{n}[{self.stacks[n]}x{self.sizes.get(n, '?')}]"
+            if n in self.stacks
+            else f"{n}[{self.sizes.get(n, '?')}]"
+            for n in self.axes
+        )
         count = sum(len(r) for r in self.axes.values())
         return f"PermutationSpec({len(self.axes)} permutations over {count} axes: {perms})"
+
+
+def _sorted_refs(refs) -> list[AxisRef]:
+    return sorted(refs, key=AxisRef.sort_key)
 
 
 # ---- trees ------------------------------------------------------------------------
@@ -246,6 +304,16 @@ def check_sizes(spec: PermutationSpec, tree: Any) -> dict[str, int]:
                     f"permutation {name!r}: {'/'.join(map(str, r.path))!r} has shape {shape}, no axis {r.axis}"
                 )
             dim = shape[r.axis]
+            if r.stack is not None and (
+                not -len(shape) <= r.stack < len(shape)
+                or shape[r.stack] != spec.stacks[name]
+                or r.stack % len(shape) == r.axis % len(shape)
+            ):
+                raise UserError(
+                    f"stacked permutation {name!r} ({spec.stacks[name]} indices): "
+                    f"{'/'.join(map(str, r.path))!r} has shape {shape}, its stacking axis "
+                    f"{r.stack} does not fit"
+                )
             if name not in sizes and r.inner == 1:
                 sizes[name] = dim
             size = sizes.get(name)
@@ -259,23 +327,31 @@ def check_sizes(spec: PermutationSpec, tree: Any) -> dict[str, int]:
     return sizes
 
 
-def _permute_axis(x, perm, axis: int, inner: int):
+def _permute_axis(x, perm, axis: int, inner: int, stack: int | None = None):
     # NumPy leaves stay on the host (no per-shape compilation); JAX leaves use jnp.
     xp = np if isinstance(x, np.ndarray) else jnp
     shape = x.shape
     axis = axis % x.ndim
-    n = perm.shape[0]
-    if inner == 1 and shape[axis] == n:
-        return xp.take(x, perm, axis=axis)
+    n = perm.shape[-1]
     blocked = (*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :])
-    return xp.take(x.reshape(blocked), perm, axis=axis + 1).reshape(shape)
+    if stack is None:
+        if inner == 1 and shape[axis] == n:
+            return xp.take(x, perm, axis=axis)
+        return xp.take(x.reshape(blocked), perm, axis=axis + 1).reshape(shape)
+    # One permutation per index of the stacking axis: move it first and the permuted
+    # factor second, gather row l of the factor with perm[l], and move them back.
+    stack = stack % x.ndim
+    where = (stack if stack < axis else stack + 2, axis + 1)
+    y = xp.moveaxis(x.reshape(blocked), where, (0, 1))
+    y = y[xp.arange(perm.shape[0])[:, None], xp.asarray(perm)]
+    return xp.moveaxis(y, (0, 1), where).reshape(shape)
 
 
 def permute_leaf(x, leaf_refs: Iterable[tuple[str, AxisRef]], perms: Mapping[str, Any], skip=None):
     """Apply every permutation acting on one leaf, except the (name, ref) in `skip`."""
     for name, r in leaf_refs:
         if (name, r) != skip:
-            x = _permute_axis(x, perms[name], r.axis, r.inner)
+            x = _permute_axis(x, perms[name], r.axis, r.inner, r.stack)
     return x
 
 
@@ -289,9 +365,10 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], tree: Any
     for name, size in sizes.items():
         if name not in perms:
             raise UserError(f"no permutation given for {name!r} (perms has {sorted(perms)})")
-        if np.shape(perms[name]) != (size,):
+        want = (spec.stacks[name], size) if name in spec.stacks else (size,)
+        if np.shape(perms[name]) != want:
             raise UserError(
-                f"permutation {name!r} must have shape ({size},), got {np.shape(perms[name])}"
+                f"permutation {name!r} must have shape {want}, got {np.shape(perms[name])}"
             )
     perms = {n: np.asarray(perms[n]) for n in sizes}
     updates = {}
@@ -302,20 +379,33 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], tree: Any
     return set_leaves(tree, updates)
 
 
+def _stacked_shape(spec: PermutationSpec, name: str, size: int) -> tuple[int, ...]:
+    return (spec.stacks[name], size) if name in spec.stacks else (size,)
+
+
 def identity(spec: PermutationSpec, tree: Any = None) -> dict[str, jnp.ndarray]:
     """The identity permutations (sizes from the spec, or checked against `tree`)."""
     sizes = check_sizes(*resolve(spec, tree, for_weights=True)) if tree is not None else spec.sizes
-    return {name: jnp.arange(sizes[name]) for name in spec.axes if name in sizes}
+    return {
+        name: jnp.broadcast_to(jnp.arange(sizes[name]), _stacked_shape(spec, name, sizes[name]))
+        for name in spec.axes
+        if name in sizes
+    }
 
 
 def compose(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
-    """`outer` after `inner`: applying the result equals applying `inner`, then `outer`."""
-    return {k: jnp.asarray(inner[k])[jnp.asarray(outer[k])] for k in outer}
+    """`outer` after `inner`: applying the result equals applying `inner`, then `outer`.
+
+    Stacked permutations ((L, n) arrays) compose index by index.
+    """
+    return {
+        k: jnp.take_along_axis(jnp.asarray(inner[k]), jnp.asarray(outer[k]), axis=-1) for k in outer
+    }
 
 
 def inverse(perms: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
-    """The permutations that undo `perms`."""
-    return {k: jnp.argsort(jnp.asarray(p)) for k, p in perms.items()}
+    """The permutations that undo `perms` (stacked ones index by index)."""
+    return {k: jnp.argsort(jnp.asarray(p), axis=-1) for k, p in perms.items()}
 
 
 def random_permutations(spec: PermutationSpec, key, tree: Any = None) -> dict[str, np.ndarray]:
@@ -325,4 +415,12 @@ def random_permutations(spec: PermutationSpec, key, tree: Any = None) -> dict[st
     """
     sizes = check_sizes(*resolve(spec, tree, for_weights=True)) if tree is not None else spec.sizes
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    return {n: rng.permutation(sizes[n]) for n in spec.axes if n in sizes}
+    return {
+        n: rng.permuted(
+            np.broadcast_to(np.arange(sizes[n]), _stacked_shape(spec, n, sizes[n])), axis=-1
+        )
+        if n in spec.stacks
+        else rng.permutation(sizes[n])
+        for n in spec.axes
+        if n in sizes
+    }

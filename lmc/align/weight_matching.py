@@ -51,6 +51,7 @@ except ImportError:  # optional speed-up; scipy gives the same optimum
 
 from lmc.align.checks import check_finite, check_same_structure, flat
 from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, resolve
+from lmc.align.stacked import restack, unstack_perms, unstack_spec, unstack_tree
 from lmc.errors import UserError
 
 # Up to this fraction of changed rows a low-rank update is cheaper than a full product
@@ -381,14 +382,22 @@ def weight_matching(
             "the permutation spec is empty: nothing to align, returning identity", stacklevel=2
         )
         return {}, {"objective": [], "sweeps": 0, "wall_s": time.perf_counter() - t0}
+    stacked = wspec
+    if wspec.stacks:  # one permutation per layer: match the layers' slices
+        wspec = unstack_spec(stacked, tree_a)
+        tree_a, tree_b = unstack_tree(stacked, tree_a), unstack_tree(stacked, tree_b)
+        sizes, init = check_sizes(wspec, tree_a), unstack_perms(stacked, init)
     problem = Problem(wspec, sizes, tree_a, tree_b)
     perms = [initial(init, n, s) for n, s in zip(problem.names, problem.sizes, strict=True)]
     with _single_threaded_blas() if problem.small else contextlib.nullcontext():
         perms, objectives, sweeps = coordinate_descent(problem, perms, key, max_iter)
     out = {n: jnp.asarray(p) for n, p in zip(problem.names, perms, strict=True)}
+    out = {n: jnp.asarray(p) for n, p in restack(stacked, out).items()}
     for name in spec.axes:  # permutations that only touch running statistics
         if name not in out:
-            out[name] = jnp.arange(check_sizes(*resolve(spec, params_a))[name])
+            size = check_sizes(*resolve(spec, params_a))[name]
+            shape = (spec.stacks[name], size) if name in spec.stacks else (size,)
+            out[name] = jnp.broadcast_to(jnp.arange(size), shape)
     return out, {"objective": objectives, "sweeps": sweeps, "wall_s": time.perf_counter() - t0}
 
 

@@ -2,8 +2,8 @@
 
     tokens (B, T) int32 -> logits (B, T, vocab) float32, logits[:, t] predicts token t+1
 
-Layout of the parameters (the names the permutation spec in
-`lmc.align.transformer_oracle` refers to):
+Layout of the parameters (the names the traced permutation spec uses, and the
+hand-written test oracle in `tests/oracles` refers to):
 
     embed/embedding            (vocab, d)       token embedding
     pos_embed                  (context, d)     learned positions (positions="learned")
