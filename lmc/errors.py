@@ -22,3 +22,4 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to continue
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after checkpointing

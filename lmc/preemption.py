@@ -1,4 +1,7 @@
-"""SIGTERM as a preemption notice: finish the current step, checkpoint it, exit 75.
+"""SIGTERM (preemption) and SIGINT (Ctrl-C): finish the current step, checkpoint it, stop.
+
+SIGTERM exits 75 (EX_TEMPFAIL), Ctrl-C exits 130 (the shell's convention for SIGINT);
+either way one line says how to resume. A second Ctrl-C stops at once.
 
 Preemptible TPU VMs and SLURM (`--signal=TERM@60`, or scancel) send SIGTERM some time
 before killing a job. The handler only sets a flag; the train loop checks it after
@@ -16,26 +19,34 @@ import threading
 import jax
 
 _requested = threading.Event()
+_signal = {"number": signal.SIGTERM}
 
 
 class Preempted(Exception):  # noqa: N818 - it is a notice, not an error
     def __init__(self, step: int, where: str):
+        interrupted = _signal["number"] == signal.SIGINT
+        what = "interrupted (Ctrl-C)" if interrupted else "preempted (SIGTERM)"
         super().__init__(
-            f"{where}: preempted (SIGTERM) at step {step}; a checkpoint of that "
-            "step was saved. Rerun the same command to continue."
+            f"{where}: {what} at step {step}; a checkpoint of that step was saved. "
+            "Rerun the same command to continue."
         )
         self.step = step
+        self.interrupted = interrupted
 
 
 def _handler(signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT and _requested.is_set():
+        raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    _signal["number"] = signum
     _requested.set()
 
 
 def install() -> None:
-    """Route SIGTERM to the flag (main thread only; a no-op elsewhere)."""
+    """Route SIGTERM and SIGINT to the flag (main thread only; a no-op elsewhere)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
 
 
 def requested(step: int) -> bool:

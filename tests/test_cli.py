@@ -61,11 +61,32 @@ def run_cli(*args, cwd=ROOT):
         (["run", "--config.experiment=bogus"], "valid experiments"),
         (["run", "--config.num_steps=-3"], "training length must be positive"),
         (["run", "--config.spawn.mode=weird"], "valid spawn modes"),
-        (["run", "--config.spawn.child_seeds=(1,)"], "child_seeds has 1 entries"),
+        (["run", "--config.spawn.child_seeds=(1,)"], "config.spawn.child_seeds has 1; give at least 2"),
         (["run", "--config.mesh.data=3"], "mesh"),
         (["run", "--config.model.width=abc"], "invalid literal for int"),
         (["run", "stray_argument"], "unexpected arguments"),
         (["run", "--no_such_flag=1"], "no_such_flag"),
+        # A typo names the flag and the suggestion in one sentence, not a raw repr.
+        (
+            ["run", "--config.num_epoch=3"],
+            "--config.num_epoch: the config has no key 'num_epoch'. Did you mean \"num_epochs\"",
+        ),
+        # Several methods are a tuple; the message shows the syntax.
+        (
+            ["run", "--config.eval.methods=naive,weight_matching"],
+            "--config.eval.methods=\"('naive','weight_matching')\"",
+        ),
+        # The key the user must change, not another one.
+        (
+            [
+                "run",
+                "--config=configs/instability_mlp_fashion_mnist.py",
+                "--config.num_epochs=0.01",
+                "--config.data.name=digits",
+            ],
+            "lower config.instability.spawn_steps",
+        ),
+        (["run", "--config.model.width=0"], "width must be positive, got 0"),
     ],
 )
 def test_user_errors_exit_2_with_message(tmp_path, capsys, args, message):
@@ -142,3 +163,52 @@ def test_overwrite_replaces_a_workdir_made_by_another_config(tmp_path):
     )
     config = json.loads((workdir / "config.json").read_text())
     assert config["num_steps"] == 20
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "report"])
+def test_every_command_has_help(capsys, command):
+    assert main(["lmc", command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"lmc {command}")
+    if command != "report":
+        assert "--workdir" in out and "--config.KEY=VALUE" in out
+    assert main(["lmc", "--help"]) == 0
+    assert "lmc COMMAND --help" in capsys.readouterr().out
+
+
+def test_show_lists_every_key_with_value_and_comment(tmp_path, capsys):
+    assert main(["lmc", "run", "--config=configs/lm_rebasin.py", "--show",
+                 f"--workdir={tmp_path / 'w'}", "--config.model.width=64"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "model.width              = 64" in out  # the override is applied
+    assert "data.name                = 'text:code'" in out  # the config file's value
+    assert "# fraction of files held out" in out  # lmc.config_base's comment
+    assert "eval.methods" in out and "spawn.child_seeds" in out
+    assert not (tmp_path / "w").exists()  # --show runs nothing
+
+
+def test_ctrl_c_checkpoints_exits_130_and_the_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "lmc.cli", "run", f"--workdir={workdir}", *TINY,
+            "--config.num_steps=2000", "--config.log_every_steps=10",
+            "--config.eval.methods=('naive',)"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "child_0" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 2
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    rc, err = proc.wait(120), proc.stderr.read()
+    assert rc == 130, err
+    assert "interrupted (Ctrl-C) at step" in err and "Rerun the same command" in err
+    assert "Traceback" not in err
+    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "child_0: resuming from step" in rerun.stderr and "of 2000" in rerun.stderr

@@ -170,7 +170,4 @@ def test_lm_configs_validate_and_reject_bad_settings(tmp_path):
     c.model.name = "mlp"
     with pytest.raises(UserError, match="does not fit"):
         run_experiment(c, tmp_path / "bad")
-    c = tiny_lm_config(tmp_path, "pair")
-    c.eval.methods = "naive,weight_matching"
-    with pytest.raises(UserError, match="tuple"):
-        run_experiment(c, tmp_path / "bad")
+

@@ -15,12 +15,23 @@ import os
 import sys
 
 from lmc.cli import flags as flags_lib
-from lmc.errors import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
+from lmc.errors import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_USER_ERROR,
+    UserError,
+)
 
 
 def cmd_run(argv: list[str]) -> int:
     fv = flags_lib.parse(argv, flags_lib.define_run_flags)
     config, config_file, workdir = flags_lib.config_and_workdir(fv)
+    if fv.show:
+        from lmc.cli.show import describe
+
+        print(describe(config, config_file))
+        return 0
     flags_lib.quiet_libraries()
     from lmc import distributed, preemption
     from lmc.experiments import run_experiment
@@ -65,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(flags_lib.USAGE)
         return 0 if len(argv) >= 2 else EXIT_USER_ERROR
     command = argv[1]
+    if command in flags_lib.HELP and any(a in ("-h", "--help", "-help") for a in argv[2:]):
+        print(flags_lib.command_help(command))
+        return 0
     from lmc import compilation_cache
     from lmc.preemption import Preempted
     from lmc.training import DivergenceError
@@ -85,4 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DIVERGED
     except Preempted as e:
         print(f"lmc: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return EXIT_INTERRUPTED if e.interrupted else EXIT_PREEMPTED
+    except KeyboardInterrupt:  # Ctrl-C outside training, or twice: no traceback
+        print("lmc: interrupted; rerun the same command to continue from the last "
+              "checkpoint", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED

@@ -7,6 +7,7 @@ ml_collections failures into `UserError`s that name the flag.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import sys
@@ -19,16 +20,32 @@ from lmc.errors import UserError
 
 USAGE = """usage:
   lmc run    [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.key=value ...] [--overwrite]
+  lmc run    --config=configs/X.py --show      (list every config key, value and comment)
   lmc sweep  --config=configs/X.py --workdir=DIR [--parallel=P] [--print]
   lmc report DIR [DIR ...]
+  lmc COMMAND --help
 `lmc run` with no flags trains the default experiment (configs/default.py) into ./runs/default."""
+
+HELP = {
+    "run": """lmc run: train the config's networks, align, evaluate; write WORKDIR/results.json.
+
+Rerunning the same command resumes an interrupted run (or reuses a finished one);
+a workdir made by another config is refused unless --overwrite. Exit codes: 0 ok,
+2 user error, 3 diverged, 75 preempted (SIGTERM), 130 interrupted (Ctrl-C); after
+75 or 130 rerun the same command to continue.""",
+    "sweep": """lmc sweep: every point of the config file's sweep() as its own `lmc run` in
+WORKDIR/<point>/, --parallel at a time; finished points are skipped, unfinished ones
+resume. --print prints one `lmc run` command per point instead (for schedulers).""",
+    "report": """lmc report DIR [DIR ...]: each experiment's table from the results.json in
+DIR (a run) or its sub-directories (a sweep); several DIRs are compared.""",
+}
 
 
 def default_config_path() -> str:
     local = Path("configs/default.py")
     if local.exists():
         return str(local)
-    return str(Path(__file__).resolve().parents[1] / "configs" / "default.py")
+    return str(Path(__file__).resolve().parents[2] / "configs" / "default.py")
 
 
 def define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -56,6 +73,10 @@ def define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer(
         "process_id", None, "this process's index (multi-process runs)", flag_values=fv
     )
+    flags.DEFINE_bool(
+        "show", False, "print every config key with its value and comment, then exit",
+        flag_values=fv,
+    )  # fmt: skip
 
 
 def define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -75,13 +96,33 @@ def parse(argv: list[str], define) -> flags.FlagValues:
         raise UserError(f"{e}\n\n{USAGE}") from None
     except (KeyError, AttributeError, ValueError, TypeError) as e:
         # config_flags raises these for unknown --config.x keys or values of the wrong type.
-        raise UserError(
-            f"bad config override: {e}. Overrides must name an existing key of the config "
-            "(see the config file or config.json of a run) with a value of the same type."
-        ) from None
+        raise UserError(_override_error(e, argv)) from None
     if len(rest) > 1:
         raise UserError(f"unexpected arguments {rest[1:]}\n\n{USAGE}")
     return fv
+
+
+def _override_error(error: Exception, argv: list[str]) -> str:
+    """One readable sentence for a bad --config.x override: which flag, which key is
+    unknown, the suggestion ml_collections made, and where the keys are listed."""
+    text = str(error.args[0]) if error.args else str(error)
+    try:  # some versions hand over the repr of the message
+        text = str(ast.literal_eval(text)) if text[:1] in "'\"" else text
+    except (ValueError, SyntaxError):
+        pass
+    lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
+    unknown = lines[0] if lines else ""
+    suggestion = next((line for line in lines[1:] if line.startswith("Did you mean")), "")
+    flag = next(
+        (a.split("=", 1)[0] for a in argv
+         if a.startswith("--config.") and unknown and f".{unknown}" in a.split("=", 1)[0]),
+        None,
+    )  # fmt: skip
+    listing = "`lmc run --config=FILE --show` lists every key with its value"
+    if flag and unknown:
+        hint = f" {suggestion.replace('instead of', 'rather than')}" if suggestion else ""
+        return f"{flag}: the config has no key {unknown!r}.{hint} ({listing})"
+    return f"bad config override: {text.strip()}. Overrides must name an existing key ({listing})."
 
 
 def config_and_workdir(fv: flags.FlagValues):
@@ -103,6 +144,17 @@ def config_and_workdir(fv: flags.FlagValues):
     return config, config_file, workdir
 
 
+class _StderrHandler(logging.Handler):
+    """Plain lines to whatever sys.stderr is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(record.getMessage() + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
 def quiet_libraries() -> None:
     """Warnings only from libraries; lmc's own INFO lines (resuming, per-k results) as
     plain lines on stderr."""
@@ -113,10 +165,23 @@ def quiet_libraries() -> None:
     for name in ("jax", "absl", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ours = logging.getLogger("lmc")
-    if not any(getattr(h, "_lmc", False) for h in ours.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._lmc = True
-        ours.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in ours.handlers):
+        ours.addHandler(_StderrHandler())
     ours.setLevel(logging.INFO)
     ours.propagate = False  # absl's root handler would print it a second time
+
+
+def command_help(command: str) -> str:
+    """`lmc COMMAND --help`: what it does, then its flags with their help strings."""
+    text = [HELP[command], ""]
+    if command in ("run", "sweep"):
+        fv = flags.FlagValues()
+        (define_sweep_flags if command == "sweep" else define_run_flags)(fv, ["lmc"])
+        for name in sorted(fv):
+            flag = fv[name]
+            shown = default_config_path() if name == "config" else flag.default
+            default = "" if shown in (None, False) else f" (default: {shown})"
+            text.append(f"  --{name}: {flag.help}{default}")
+        text.append("  --config.KEY=VALUE: override any config key (see --show)")
+    text += ["", USAGE]
+    return "\n".join(text)

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmc.errors import EXIT_PREEMPTED, UserError
+from lmc.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UserError
 from lmc.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,8 @@ def _execute(todo: list[Point], parallel: int, workdir: Path, summary, process: 
                     continue
                 running.remove(item)
                 p.returncode, p.wall_s = rc, round(time.perf_counter() - t0, 1)
-                p.status = {0: "done", EXIT_PREEMPTED: "preempted"}.get(rc, "failed")
+                p.status = {0: "done", EXIT_PREEMPTED: "preempted",
+                            EXIT_INTERRUPTED: "interrupted"}.get(rc, "failed")  # fmt: skip
                 msg = f"sweep: [{p.index + 1}] {p.status} {p.name} in {p.wall_s:.1f}s"
                 if rc != 0:
                     msg += f" (exit {rc}); last lines of {log_path}:\n" + _tail(log_path)
