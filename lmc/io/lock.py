@@ -150,6 +150,9 @@ def release(lock: Lock) -> None:
     if lock.lost:
         return
     if files.scheme(lock.path) == "gs":
+        current, _ = _gcs_read(lock)
+        if current is None or current.get("token") != lock.record["token"]:
+            return
         fs, bucket, key = _gcs(lock.path)
         with contextlib.suppress(FileNotFoundError, FileExistsError):
             fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=lock._generation)
@@ -320,7 +323,8 @@ def _gcs_write(lock: Lock, if_generation: str) -> None:
         name=key,
         ifGenerationMatch=if_generation,
         data=_encode(lock.record),
-        headers={"Content-Type": "application/json"},
+        # Not application/json: the emulator would parse the body instead of storing it.
+        headers={"Content-Type": "application/octet-stream"},
         json_out=True,
     )
     lock._generation = str(out["generation"])
@@ -348,12 +352,16 @@ def _acquire_gcs(lock: Lock) -> None:
 
 
 def _heartbeat_gcs(lock: Lock) -> bool:
+    # The precondition alone decides on GCS; the read first makes a taken-over lock
+    # safe from our rewrite where preconditions are not enforced (the emulator).
+    current, _ = _gcs_read(lock)
+    if current is None or current.get("token") != lock.record["token"]:
+        return False
     try:
         _gcs_write(lock, lock._generation)
-    except FileExistsError:
+    except FileExistsError:  # HTTP 412: rewritten since our last write
         return False
-    current, _ = _gcs_read(lock)
-    return current is not None and current.get("token") == lock.record["token"]
+    return True
 
 
 # ------------------------------------------------- other object stores (s3://, ...)
