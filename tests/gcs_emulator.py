@@ -16,6 +16,15 @@ The environment is set for this process and for every subprocess a test starts:
   spends 60 s in retries and then falls back. The variable is read when gcsfs is
   imported, so the fixture also re-registers gcsfs's plain class with fsspec in case
   gcsfs was imported earlier.
+
+The emulator runs from this file (`python tests/gcs_emulator.py PORT`) with one
+fidelity fix: its object downloads lack the `x-goog-generation` header that GCS always
+sends. Tensorstore's OCDBT driver (Orbax's array format) reads the manifest's generation
+from that header and then writes the manifest conditionally on it; without it the write
+fails with "Malformed StorageGeneration" whenever the manifest is re-read instead of
+served from tensorstore's cache (reproducible with two contexts; flaky within a save).
+The emulator ignores write preconditions (ifGenerationMatch) altogether; tests cannot
+check races that only those preconditions decide.
 """
 
 from __future__ import annotations
@@ -74,8 +83,7 @@ def gcs_emulator(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
     log = open(log_path, "wb")  # noqa: SIM115 (closed at teardown)
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", f"--port={port}"]
-    cmd += ["--host=127.0.0.1", "--in-memory", f"--default-bucket={BUCKET}"]
+    cmd = [sys.executable, os.path.abspath(__file__), str(port)]
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     except OSError as e:
@@ -135,3 +143,36 @@ def workroot(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path)
     return request.getfixturevalue("gcs_root")
+
+
+def _serve(port: int) -> None:
+    """Run the emulator in this process, in memory, until killed."""
+    import threading
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    original = objects.download
+
+    def download(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except Exception:  # not found: the original handler answers 404
+            obj = None
+        if obj:
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj["metageneration"])
+        return original(request, response, storage, *args, **kwargs)
+
+    objects.download = download  # objects.get(alt=media) calls it by name
+    for _, table in server.HANDLERS:
+        for method, handler in table.items():
+            if handler is original:
+                table[method] = download
+    server.create_server("127.0.0.1", port, True, BUCKET).start()
+    print(f"GCS emulator on 127.0.0.1:{port}, bucket {BUCKET}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
