@@ -88,7 +88,7 @@ class Checkpointer:
     def _write_digest(self, step: int, state) -> None:
         digest = state_digest(state)
         if digest is not None and jax.process_index() == 0:
-            io.write_bytes_atomic(self._digest_path(step), digest.encode(), writer=True)
+            io.write_bytes_atomic(self._digest_path(step), digest.encode(), any_process=True)
 
     def _verify_digest(self, step: int, state) -> None:
         path = self._digest_path(step)

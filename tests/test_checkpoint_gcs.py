@@ -55,7 +55,7 @@ def test_changed_bytes_are_caught_and_the_step_quarantined(workroot, caplog):
     victim = max((f for f in io.find(step_dir) if "/d/" in f), key=lambda f: len(io.read_bytes(f)))
     raw = bytearray(io.read_bytes(victim))
     raw[len(raw) // 2 : len(raw) // 2 + 16] = bytes(16)  # same size, other bytes
-    io.write_bytes_atomic(victim, bytes(raw), writer=True)
+    io.write_bytes_atomic(victim, bytes(raw), any_process=True)
 
     step, state = ckpt.restore_latest()
     assert step == 1
@@ -74,9 +74,9 @@ def test_unfinished_steps_are_cleaned_up_on_open(workroot):
     ckdir = f"{workroot}/run/checkpoints"
     # What a crash mid-save leaves: Orbax's temp directory (local style), and on an
     # object store a step directory without its commit_success.txt marker.
-    io.write_bytes_atomic(f"{ckdir}/2.orbax-checkpoint-tmp-1234/junk", b"x", writer=True)
+    io.write_bytes_atomic(f"{ckdir}/2.orbax-checkpoint-tmp-1234/junk", b"x", any_process=True)
     if io.is_remote(workroot):
-        io.write_bytes_atomic(f"{ckdir}/3/default/junk", b"x", writer=True)
+        io.write_bytes_atomic(f"{ckdir}/3/default/junk", b"x", any_process=True)
     ckpt = Checkpointer(ckdir, every_steps=1)
     assert ckpt.steps() == [1]
     assert io.listdir(ckdir) == ["1"]
@@ -94,7 +94,7 @@ def test_unreadable_latest_step_falls_back(gcs_root, damage):
                 io.remove(f)
     else:
         manifest = f"{step_dir}/manifest.ocdbt"
-        io.write_bytes_atomic(manifest, io.read_bytes(manifest)[:10], writer=True)
+        io.write_bytes_atomic(manifest, io.read_bytes(manifest)[:10], any_process=True)
     step, state = ckpt.restore_latest()
     assert step == 1
     _equal(state, _state(1))

@@ -124,12 +124,16 @@ def test_half_line_from_a_crash_is_ignored_and_cut_before_appending(tmp_path):
     assert metrics.read_text() == '{"step": 1}\n'
 
 
-def test_non_writer_processes_write_nothing(workroot):
-    io.write_json_atomic(f"{workroot}/r.json", {}, writer=False)
-    io.append_lines(f"{workroot}/m.jsonl", ["{}"], writer=False)
-    with io.LineWriter(f"{workroot}/m.jsonl", writer=False) as w:
+def test_non_writer_processes_write_nothing(workroot, monkeypatch):
+    monkeypatch.setattr(io.files, "is_writer", lambda: False)  # as on process 1
+    io.write_json_atomic(f"{workroot}/r.json", {})
+    io.write_text_atomic(f"{workroot}/t.txt", "x")
+    io.append_lines(f"{workroot}/m.jsonl", ["{}"])
+    with io.LineWriter(f"{workroot}/m.jsonl") as w:
         w.write({"step": 1})
     assert io.listdir(workroot) == []
+    io.write_json_atomic(f"{workroot}/r.json", {}, any_process=True)  # e.g. a sweep driver
+    assert io.listdir(workroot) == ["r.json"]
 
 
 # ------------------------------------------------------------------- OS failures

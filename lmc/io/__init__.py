@@ -42,13 +42,23 @@ Phase 2 (wiring into the engine; the call sites that still use pathlib/os direct
 - report.py `Path(directory)`, `glob("*/results.json")`, `read_text` -> `io.listdir`
   + `io.read_json`/`io.read_text`.
 - sweep.py `_read_json`, `_write_json_atomic` (-> `io.write_json_atomic(...,
-  writer=True)`: lmc.io no longer starts JAX on import), `mkdir`, status `exists`;
+  any_process=True)`: lmc.io no longer starts JAX on import), `mkdir`, status `exists`;
   its flock lock stays local-only or becomes `workdir_lock(..., what="lmc sweep")`
   with a separate lock name; the per-point logs (`open(log, "ab")` for subprocess
   output) must stay local files: write them to a local log dir and copy at the end.
 - cli.py: catch nothing new (UserError already exits 2); `os.path.join(workdir, ...)`
   in messages is fine for URLs.
 - checkpoint.py: done here (epath directory, digests, quarantine via `io.move_tree`).
+
+The end-to-end test (phase 2, tests/test_gcs_e2e.py on the `gcs_emulator` fixture): a
+subprocess `python -m lmc.cli run --workdir=gs://lmc-test/<id>/run` with a tiny spawn
+`pair` (synthetic data, a few hundred steps, checkpoints every 50); poll
+`io.listdir(.../child_0/checkpoints)` until a step past the spawn point is committed,
+SIGKILL it (no chance to save), rerun the same command (it must take over the dead
+pid's lock with a warning and resume from the newest intact step), then `lmc report`
+on the URL. The same command into a local tmp dir is the reference: results.json,
+every metrics.jsonl and the final checkpoint states (`state_digest`) must be equal,
+after dropping timing keys (provenance.wall_s, *_s) and the workdir itself.
 """
 
 from lmc.io.files import (

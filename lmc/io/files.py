@@ -181,25 +181,26 @@ def read_json(p: PathLike):
     return json.loads(read_bytes(p))
 
 
-def write_bytes_atomic(p: PathLike, data: bytes, *, writer: bool | None = None) -> None:
+def write_bytes_atomic(p: PathLike, data: bytes, *, any_process: bool = False) -> None:
     """Replace `p` with `data` so that readers see the old file or the whole new one.
 
     Local: a temp file in the same directory, fsync, rename. Object stores: one object
-    upload, which is atomic there (a failed upload leaves the old object). Only the
-    writer writes (default: process 0; pass `writer=True` where asking JAX is unwanted,
-    e.g. in a sweep driver); the others return at once."""
-    if not (is_writer() if writer is None else writer):
+    upload, which is atomic there (a failed upload leaves the old object). Only process
+    0 writes, the others return at once; `any_process=True` writes from whichever
+    process calls (and never asks JAX for the process index, which would start a
+    backend: the sweep driver must not claim devices)."""
+    if not any_process and not is_writer():
         return
     _write_bytes_atomic(p, bytes(data))
 
 
-def write_text_atomic(p: PathLike, text: str, *, writer: bool | None = None) -> None:
-    write_bytes_atomic(p, text.encode(), writer=writer)
+def write_text_atomic(p: PathLike, text: str, *, any_process: bool = False) -> None:
+    write_bytes_atomic(p, text.encode(), any_process=any_process)
 
 
-def write_json_atomic(p: PathLike, obj, *, writer: bool | None = None) -> None:
+def write_json_atomic(p: PathLike, obj, *, any_process: bool = False) -> None:
     text = json.dumps(obj, indent=1, sort_keys=False) + "\n"
-    write_bytes_atomic(p, text.encode(), writer=writer)
+    write_bytes_atomic(p, text.encode(), any_process=any_process)
 
 
 def _write_bytes_atomic(p: PathLike, data: bytes) -> None:
@@ -247,10 +248,10 @@ def read_lines(p: PathLike) -> list[str]:
     return lines[:-1]  # the piece after the last newline: "" or an unfinished line
 
 
-def append_lines(p: PathLike, lines: Iterable[str], *, writer: bool | None = None) -> None:
-    """Append complete lines to `p` (process 0 only). For many appends use `LineWriter`,
-    which on object stores does not re-read the file each time."""
-    if not (is_writer() if writer is None else writer):
+def append_lines(p: PathLike, lines: Iterable[str], *, any_process: bool = False) -> None:
+    """Append complete lines to `p` (process 0 only, unless `any_process`). For many
+    appends use `LineWriter`, which on object stores does not re-read the file each time."""
+    if not any_process and not is_writer():
         return
     with LineWriter(p, min_interval_s=float("inf"), writer=True) as w:
         for line in lines:
