@@ -24,30 +24,36 @@ gs:// needs `gcsfs` (the `gcs` extra: `pip install 'lmc[gcs]'`) and credentials 
 every host; nothing mounted. Tests run against `gcp-storage-emulator`
 (`tests/gcs_emulator.py`).
 
-Phase 2 (wiring into the engine; the call sites that still use pathlib/os directly):
-- experiments/__init__.py run_experiment: `Path(workdir)` -> `io.path`; take
-  `io.lock.workdir_lock(workdir)` around prepare+run (process 0 only).
-- experiments/workdir.py prepare: `Path`, `.exists()/.is_dir()` -> `io.is_dir`, the
-  `--overwrite` wipe (`iterdir` + `shutil.rmtree`/`unlink`) -> `io.listdir` +
-  `io.remove_tree`, `workdir.mkdir` -> `io.makedirs` (gives the below-a-file error).
-- train.py MetricsWriter: `open(path, "a")` -> `io.LineWriter` (flush before each
-  checkpoint save); truncate_after (`read_text`, `with_suffix(".tmp")`, `os.replace`)
-  -> `io.read_lines` + `io.write_text_atomic` and reopen the LineWriter; train()
-  `Path(run_dir).mkdir` -> `io.makedirs`.
-- spawn.py `_has_checkpoint` (`is_dir`, `iterdir`) -> `io.listdir`; `Path(workdir)`
-  and the `(... / str(final)).is_dir()` checks -> `io.path`/`io.is_dir`.
-- population.py `Path(run_dir)` -> `io.path`.
+Phase 2 (wiring into the engine as landed in main acc5e42; the call sites that still
+use pathlib/os directly, from grepping `open(`, `Path(`, `.mkdir`, `os.replace`,
+`shutil`, `write_text`, `read_text`, `exists`, `iterdir`, `glob` in lmc/):
+- experiments/__init__.py:62 `prepare(Path(workdir), ...)` -> `io.path`; wrap
+  prepare+run in `io.lock.workdir_lock(workdir)` (process 0 only; others pass).
+- experiments/workdir.py prepare: `Path`, `exists()/is_dir()` -> `io.is_dir`/`io.exists`,
+  the `--overwrite` wipe (`iterdir` + `shutil.rmtree`/`unlink`) -> `io.listdir` +
+  `io.remove_tree`, `workdir.mkdir` -> `io.makedirs` (gives the below-a-file error); a
+  corrupt config.json (`read_json` raises ValueError) should name the file.
+- experiments/pair.py:41, instability.py:86, width.py:71/87, merge_many.py:90,
+  code_vs_prose.py:289 `Path(workdir) / ...` -> `io.path(workdir) / ...`.
 - plots.py `_save` (tmp file + `os.replace`) -> `savefig` into BytesIO +
-  `io.write_bytes_atomic` (as lm_code_vs_prose already does).
-- report.py `Path(directory)`, `glob("*/results.json")`, `read_text` -> `io.listdir`
-  + `io.read_json`/`io.read_text`.
-- sweep.py `_read_json`, `_write_json_atomic` (-> `io.write_json_atomic(...,
-  any_process=True)`: lmc.io no longer starts JAX on import), `mkdir`, status `exists`;
-  its flock lock stays local-only or becomes `workdir_lock(..., what="lmc sweep")`
-  with a separate lock name; the per-point logs (`open(log, "ab")` for subprocess
-  output) must stay local files: write them to a local log dir and copy at the end.
-- cli.py: catch nothing new (UserError already exits 2); `os.path.join(workdir, ...)`
-  in messages is fine for URLs.
+  `io.write_bytes_atomic` (as code_vs_prose.py:343 already does).
+- training/loop.py:103/104/121 `Path(run_dir)` -> `io.path`; :179/:181 `mkdir` ->
+  `io.makedirs`; :189 MetricsWriter.
+- training/metrics_log.py MetricsWriter: `open(path, "a")` -> `io.LineWriter` (flush
+  it before each checkpoint save); truncate_after (`exists`, `read_text`, tmp
+  `write_text`, `os.replace`) -> `io.read_lines` + `io.write_text_atomic`, then reopen
+  the LineWriter (it caches the object's content on object stores).
+- training/siblings.py:108/120/141/211 `Path(workdir)` -> `io.path`; :165 and :203
+  (`is_dir`, `iterdir`) -> `io.is_dir`/`io.listdir`.
+- report.py:16-24 `Path`, `is_dir`, `exists`, `glob("*/results.json")`, `read_text` ->
+  `io.is_dir`, `io.listdir` + `io.exists`, `io.read_json`.
+- cli/sweep.py:188/262/279 `Path`/`mkdir`, :239 `exists`, :244 `read_text`, :417
+  `read_text` -> the same `io` calls; its flock lock (:482) -> `workdir_lock(...,
+  what="lmc sweep")` under another file name (`.sweep.lock`): a sweep holds its own
+  lock while its points' runs hold theirs. Per-point logs (:322/:335, subprocess
+  stdout) must stay local files: a local log dir, copied to the workdir at the end.
+- cli/flags.py:102 `os.path.join("runs", ...)` and cli/__init__.py:34 are fine for
+  URLs (string joins); configs stay local files.
 - checkpoint.py: done here (epath directory, digests, quarantine via `io.move_tree`).
 
 The end-to-end test (phase 2, tests/test_gcs_e2e.py on the `gcs_emulator` fixture): a
