@@ -7,7 +7,11 @@ step restores, and fall back to the newest intact one (see `restore_latest`).
 
 Multi-process runs save and restore collectively: every process calls `save` and
 `restore` with the same global arrays (each writes or reads its own shards, process
-0 the metadata), and the checkpoint directory must be on storage all processes see.
+0 the metadata), and the checkpoint directory must be on storage all processes see:
+a shared filesystem or an object store (`gs://bucket/run/checkpoints`). On gs:// Orbax
+marks a finished step with `commit_success.txt` instead of renaming a temp directory
+(GCS has no rename), array data goes through tensorstore's `gcs` driver, and everything
+else (digests, the quarantine) through `lmc.io`.
 A checkpoint restores onto whatever shardings the target has, so one written by N
 processes restores in a 1-process run and vice versa.
 """
@@ -15,13 +19,14 @@ processes restores in a 1-process run and vice versa.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
+
+from lmc import io
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +37,13 @@ class Checkpointer:
 
     def __init__(
         self,
-        directory: str | Path,
+        directory: io.PathLike,
         every_steps: int,
         keep_steps: Sequence[int] = (),
         max_to_keep: int = 2,
         read_only: bool = False,
     ):
-        self.directory = Path(directory).absolute()
+        self.directory = io.absolute(directory)
         keep_steps = sorted({int(s) for s in keep_steps})
         save_policies = [cm.FixedIntervalPolicy(max(int(every_steps), 1))]
         if keep_steps:
@@ -59,6 +64,12 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
         )
+        # Orbax removes unfinished steps from a crash in a background thread and waits
+        # for it only in save(). Wait now, so that a restore, a quarantine move or a
+        # listing never races with that deletion (on gs:// it takes a few requests).
+        wait_for_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait_for_cleanup is not None:
+            wait_for_cleanup()
 
     def save(self, step: int, state, force: bool = False) -> bool:
         saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
@@ -71,21 +82,20 @@ class Checkpointer:
     # change later (a truncated copy, a flipped block on a shared filesystem): those can
     # restore "successfully" into wrong numbers. A digest of the state, written after
     # the step is final and checked on restore, turns that into a detected corruption.
-    def _digest_path(self, step: int) -> Path:
+    def _digest_path(self, step: int) -> epath.Path:
         return self.directory.parent / "checkpoint_digests" / f"{step}.sha256"
 
     def _write_digest(self, step: int, state) -> None:
         digest = state_digest(state)
         if digest is not None and jax.process_index() == 0:
-            from lmc.io import write_bytes_atomic
-
-            write_bytes_atomic(self._digest_path(step), digest.encode())
+            io.write_bytes_atomic(self._digest_path(step), digest.encode(), any_process=True)
 
     def _verify_digest(self, step: int, state) -> None:
         path = self._digest_path(step)
-        if not path.exists():  # written by an older lmc, or a crash right after the save
+        try:
+            expected = io.read_text(path).strip()
+        except FileNotFoundError:  # written by an older lmc, or a crash right after the save
             return
-        expected = path.read_text().strip()
         actual = state_digest(state)
         if actual is not None and actual != expected:
             raise ValueError(f"content digest mismatch ({actual[:12]} != {expected[:12]})")
@@ -138,12 +148,10 @@ class Checkpointer:
 
     def _quarantine(self, step: int) -> None:
         src = self.directory / str(step)
-        if jax.process_index() == 0 and src.exists():
-            dst = self.directory.parent / "corrupt_checkpoints" / str(step)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.exists():
-                shutil.rmtree(dst)
-            shutil.move(str(src), str(dst))
+        if jax.process_index() == 0 and io.exists(src):
+            # Replaces an older quarantined copy of the same step. On object stores this
+            # copies every object, then deletes the source (no rename there).
+            io.move_tree(src, self.directory.parent / "corrupt_checkpoints" / str(step))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

@@ -1,0 +1,147 @@
+"""One run per workdir (lmc.io.lock), on a local directory and on gs:// (the emulator):
+a second holder is refused naming the first, from this process and from another one; a
+dead holder's lock and an expired lease are taken over with a warning; a live holder's
+heartbeat keeps its lease."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lmc import io
+from lmc.errors import UserError
+from lmc.io import lock as lock_lib
+from lmc.io.lock import LOCK_FILE, workdir_lock
+
+pytest_plugins = ["gcs_emulator"]  # the gcs_root and workroot fixtures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = """
+import os, sys
+from lmc.errors import UserError
+from lmc.io import lock
+try:
+    held = lock.acquire(sys.argv[1], what="child")
+except UserError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+if sys.argv[2] == "die":
+    os._exit(0)  # killed: the lock stays behind, naming a pid that is gone
+lock.release(held)
+"""
+
+
+def _child(workdir: str, mode: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD, workdir, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_second_holder_is_refused_naming_the_first(workroot):
+    with workdir_lock(workroot, writer=True) as held:
+        assert io.exists(f"{workroot}/{LOCK_FILE}")
+        with pytest.raises(UserError) as e:
+            with workdir_lock(workroot, writer=True):
+                pass
+        message = str(e.value)
+        assert f"host {socket.gethostname()}, pid {os.getpid()}" in message
+        assert f"started {held.record['started']}" in message
+        assert workroot in message and "--workdir" in message
+    assert not io.exists(f"{workroot}/{LOCK_FILE}")
+    with workdir_lock(workroot, writer=True):  # free again
+        pass
+
+
+def test_second_process_is_refused(workroot):
+    with workdir_lock(workroot, writer=True):
+        r = _child(workroot, "release")
+    assert r.returncode == 2, r.stderr
+    assert f"pid {os.getpid()}" in r.stderr and "Another run is using the workdir" in r.stderr
+    r = _child(workroot, "release")  # released: the other process gets it
+    assert r.returncode == 0, r.stderr
+
+
+def test_lock_of_a_dead_process_is_taken_over(workroot, caplog):
+    r = _child(workroot, "die")
+    assert r.returncode == 0, r.stderr
+    dead = json.loads(io.read_text(f"{workroot}/{LOCK_FILE}"))
+    with workdir_lock(workroot, writer=True) as held:
+        assert held.record["pid"] == os.getpid()
+    assert f"process {dead['pid']} on this host is gone" in caplog.text
+    assert "taking over the lock" in caplog.text
+
+
+def test_only_the_writer_process_takes_it(workroot):
+    with workdir_lock(workroot, writer=False) as held:
+        assert held is None
+        assert not io.exists(f"{workroot}/{LOCK_FILE}")
+        with workdir_lock(workroot, writer=True):
+            pass
+
+
+def _as_other_host(monkeypatch, workroot, **kw):
+    """Acquire as if from another host (the pid test does not apply, only the lease)."""
+    monkeypatch.setattr(lock_lib.socket, "gethostname", lambda: "other-host")
+    held = workdir_lock(workroot, writer=True, **kw)
+    lock = held.__enter__()
+    monkeypatch.undo()
+    return held, lock
+
+
+def test_heartbeat_keeps_the_lease_and_an_expired_lease_is_taken_over(
+    workroot, monkeypatch, caplog
+):
+    cm, first = _as_other_host(monkeypatch, workroot, lease_s=1.0, heartbeat_s=0.2)
+    try:
+        time.sleep(1.5)  # longer than the lease: only the heartbeats keep it
+        with pytest.raises(UserError, match="host other-host"):
+            lock_lib.acquire(workroot)
+        first._stop.set()  # the holder hangs (or its host dies): no more heartbeats
+        first._thread.join()
+        time.sleep(1.2)
+        second = lock_lib.acquire(workroot)
+        assert "its lease expired" in caplog.text
+        assert not lock_lib.heartbeat(first) and first.lost  # the old holder learns it
+    finally:
+        cm.__exit__(None, None, None)  # and does not delete the new holder's lock
+    assert json.loads(io.read_text(f"{workroot}/{LOCK_FILE}"))["token"] == second.record["token"]
+    lock_lib.release(second)
+    assert not io.exists(f"{workroot}/{LOCK_FILE}")
+
+
+def test_unreadable_lock_is_taken_over(workroot, caplog):
+    io.write_text_atomic(f"{workroot}/{LOCK_FILE}", '{"host": "x", "pid')  # crash mid-write
+    with workdir_lock(workroot, writer=True):
+        pass
+    assert "unreadable" in caplog.text
+
+
+def test_racing_local_acquirers_one_wins(tmp_path):
+    results = []
+
+    def contend():
+        try:
+            results.append(lock_lib.acquire(tmp_path))
+        except UserError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if isinstance(r, lock_lib.Lock)]
+    assert len(winners) == 1 and len(results) == 8
+    lock_lib.release(winners[0])
