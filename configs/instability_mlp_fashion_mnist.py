@@ -8,7 +8,8 @@ Launch (one run covering every k):
 
     lmc run --config=configs/instability_mlp_fashion_mnist.py --workdir=runs/instab_fmnist
 
-or as a sweep, one `lmc run` per (k, seed) point, resumable:
+or as a sweep, one `lmc run` per (k, pair) point after one shared parent, resumable,
+ending in the same barrier_vs_k.png (points can run in parallel or on other hosts):
 
     lmc sweep --config=configs/instability_mlp_fashion_mnist.py --workdir=runs/instab_sweep
 
@@ -38,11 +39,14 @@ def get_config(arg: str | None = None):
 
 
 def sweep():
-    """One `lmc run` per (spawn step, seed pair): `lmc sweep` runs these points."""
-    for k in (0, 100):
-        for seed in (1, 2):
+    """One `lmc run` per (spawn step, pair of children), every k of the single run: the
+    points share one parent (`lmc sweep` trains it once, first), and the sweep ends in
+    one barrier_vs_k.png with mean ± std over the 2 pairs at each k."""
+    config = get_config()
+    for k in config.instability.spawn_steps:
+        for pair in range(config.instability.num_pairs):
             yield {
                 "instability.spawn_steps": (k,),
                 "instability.num_pairs": 1,
-                "spawn.child_seeds": (2 * seed - 1, 2 * seed),
+                "spawn.child_seeds": tuple(config.spawn.child_seeds[2 * pair : 2 * pair + 2]),
             }

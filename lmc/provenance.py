@@ -52,9 +52,16 @@ def git_commit() -> str | None:
         return None
 
 
-def provenance(config_dict: dict, wall_s: float) -> dict:
+def provenance(config_dict: dict, wall_s: float, *, devices: bool = True) -> dict:
+    """Versions, commit, devices, config hash, wall time. `devices=False` leaves the
+    devices out and never starts a JAX backend (the sweep driver must not claim the
+    accelerator its points need)."""
     import flax
 
+    if not devices:
+        return {"lmc_version": lmc.__version__, "git_commit": git_commit(),
+                "jax_version": jax.__version__, "flax_version": flax.__version__,
+                "config_hash": config_hash(config_dict), "wall_s": round(wall_s, 3)}  # fmt: skip
     devices = jax.devices()
     return {
         "lmc_version": lmc.__version__,

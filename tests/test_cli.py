@@ -61,7 +61,10 @@ def run_cli(*args, cwd=ROOT):
         (["run", "--config.experiment=bogus"], "valid experiments"),
         (["run", "--config.num_steps=-3"], "training length must be positive"),
         (["run", "--config.spawn.mode=weird"], "valid spawn modes"),
-        (["run", "--config.spawn.child_seeds=(1,)"], "config.spawn.child_seeds has 1; give at least 2"),
+        (
+            ["run", "--config.spawn.child_seeds=(1,)"],
+            "config.spawn.child_seeds has 1; give at least 2",
+        ),
         (["run", "--config.mesh.data=3"], "mesh"),
         (["run", "--config.model.width=abc"], "invalid literal for int"),
         (["run", "stray_argument"], "unexpected arguments"),

@@ -170,4 +170,3 @@ def test_lm_configs_validate_and_reject_bad_settings(tmp_path):
     c.model.name = "mlp"
     with pytest.raises(UserError, match="does not fit"):
         run_experiment(c, tmp_path / "bad")
-

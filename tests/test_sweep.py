@@ -62,7 +62,7 @@ def test_print_gives_one_lmc_run_per_point_with_forwarded_overrides(tmp_path, ca
     assert len(lines) == 4
     argv = shlex.split(lines[2])
     assert argv[:3] == ["lmc", "run", f"--config={cfg}"]
-    assert argv[3] == f"--workdir={tmp_path / 'w' / 'spawn.step=10,seed=0'}"
+    assert argv[3] == f"--workdir={tmp_path / 'w' / 'step=10,seed=0'}"
     # Base overrides first, the point's last (so the point wins over --config.seed=7).
     assert argv[4:] == ["--config.align.seed=3", "--config.seed=7", "--config.spawn.step=10",
                         "--config.seed=0"]  # fmt: skip
@@ -76,9 +76,13 @@ def test_tuple_and_string_values_round_trip_through_the_command_line(tmp_path, c
         '"data.name": "synthetic", "eval.methods": ["naive"]}',
     )
     assert _main(f"--config={cfg}", f"--workdir={tmp_path / 'w'}", "--print") == 0
-    line = capsys.readouterr().out.splitlines()[1]
+    lines = capsys.readouterr().out.splitlines()
+    # The points differ only in children: line 0 trains their one shared parent.
+    assert "--config.experiment=parent" in lines[0] and len(lines) == 5
+    line = lines[2]
     assert "--config.spawn.child_seeds=(1, 5)" in shlex.split(line)
-    assert "spawn.child_seeds=1-5,data.name=synthetic,eval.methods=naive" in line
+    assert f"--parent={tmp_path / 'w' / 'shared_parent'}" in shlex.split(line)
+    assert "/child_seeds=1-5 " in line  # only what varies names the point
 
 
 @pytest.mark.parametrize(
@@ -118,7 +122,7 @@ def test_second_sweep_on_the_same_dir_is_refused(tmp_path, capsys):
         assert _main(f"--config={cfg}", f"--workdir={workdir}") == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "another `lmc sweep` is running on" in err and f"pid {os.getpid()}" in err
-    assert not any(workdir.glob("spawn.step=*"))
+    assert not any(workdir.glob("step=*"))
 
 
 def test_instability_config_sweep_points_are_valid(capsys):
@@ -127,12 +131,16 @@ def test_instability_config_sweep_points_are_valid(capsys):
         pytest.skip("no instability config")
     assert _main(f"--config={path}", "--workdir=runs/x", "--print") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(line.startswith("lmc run ") for line in lines)
+    # The shared parent, then every k of the single-run config x 2 pairs.
+    assert len(lines) == 9 and all(line.startswith("lmc run ") for line in lines)
+    assert "--config.experiment=parent" in lines[0] and "(0, 25, 100, 400)" in lines[0]
 
 
 def test_point_names_and_forwarded_flags():
-    assert sweep.point_name({"spawn.step": 500, "seed": 1}) == "spawn.step=500,seed=1"
-    assert sweep.point_name({"data.name": "tfds:mnist/x y"}) == "data.name=tfds-mnist-x-y"
+    assert sweep.point_name({"spawn.step": 500, "seed": 1}) == "step=500,seed=1"
+    assert sweep.point_name({"spawn.step": 5, "eval.step": 1}) == "spawn.step=5,eval.step=1"
+    assert sweep.point_name({"spawn.step": 5, "seed": 1}, varying={"seed"}) == "seed=1"
+    assert sweep.point_name({"data.name": "tfds:mnist/x y"}) == "name=tfds-mnist-x-y"
     long = sweep.point_name({"k": "x" * 300})
     assert len(long) <= 120 and long != sweep.point_name({"k": "x" * 301})
     argv = ["lmc sweep", "--config=c.py", "--workdir=w", "--parallel=2", "--config.a=1",
@@ -182,7 +190,7 @@ def test_sweep_runs_all_points_survives_a_kill_and_resumes(tmp_path, capsys):
     summary = json.loads((workdir / "sweep.json").read_text())
     assert summary["complete"] is True
     statuses = {p["name"]: p["status"] for p in summary["points"]}
-    assert set(statuses) == {f"spawn.step={k},seed={s}" for k in (0, 10) for s in (0, 1)}
+    assert set(statuses) == {f"step={k},seed={s}" for k in (0, 10) for s in (0, 1)}
     assert "skipped" in statuses.values() and set(statuses.values()) <= {"skipped", "done"}
     for name in statuses:
         results = json.loads((workdir / name / "results.json").read_text())
@@ -203,3 +211,70 @@ def test_points_use_the_same_compilation_cache_settings_as_lmc_run(tmp_path, mon
     env = sweep.child_env(tmp_path)
     assert "JAX_COMPILATION_CACHE_DIR" not in env
     assert env["LMC_COMPILATION_CACHE"] == "off"
+
+
+SHARED_PARENT_CONFIG = """
+from lmc.config_base import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.experiment = "instability"
+    c.data.name = "synthetic"
+    c.model.width, c.model.depth = 32, 2
+    c.batch_size = 32
+    c.num_steps = 30
+    c.progress = False
+    c.mesh.data = 1
+    c.spawn.mode = "spawn"
+    c.spawn.child_seeds = (1, 2, 3, 4)
+    c.instability.spawn_steps = (0, 10)
+    c.instability.num_pairs = 2
+    c.eval.methods = ("naive",)
+    c.eval.num_alphas = 3
+    c.eval.train_subset = 256
+    c.eval.batch_size = 128
+    return c
+
+
+def sweep():
+    c = get_config()
+    for k in c.instability.spawn_steps:
+        for pair in range(2):
+            yield {"instability.spawn_steps": (k,), "instability.num_pairs": 1,
+                   "spawn.child_seeds": c.spawn.child_seeds[2 * pair: 2 * pair + 2]}
+"""
+
+
+def test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure(tmp_path, capsys):
+    cfg = tmp_path / "instab_cfg.py"
+    cfg.write_text(SHARED_PARENT_CONFIG)
+    workdir = tmp_path / "sweep"
+    assert _main(f"--config={cfg}", f"--workdir={workdir}", "--parallel=2") == 0
+    err = capsys.readouterr().err
+    assert "one shared parent" in err
+    # Exactly one parent: the first stage's; the points only trained children.
+    parents = sorted(p.relative_to(workdir) for p in workdir.rglob("parent") if p.is_dir())
+    assert parents == [Path("shared_parent/parent")], parents
+    kept = sorted(int(p.name) for p in (workdir / "shared_parent/parent/checkpoints").iterdir()
+                  if p.name.isdigit())  # fmt: skip
+    assert kept == [0, 10]
+    names = sorted(p.name for p in workdir.iterdir() if (p / "results.json").exists())
+    assert names == ["shared_parent", "spawn_steps=0,child_seeds=1-2",
+                     "spawn_steps=0,child_seeds=3-4", "spawn_steps=10,child_seeds=1-2",
+                     "spawn_steps=10,child_seeds=3-4"]  # fmt: skip
+    # One result for the sweep: every k, 2 pairs each, and its barrier_vs_k.png ...
+    pooled = json.loads((workdir / "results.json").read_text())
+    assert [p["spawn_step"] for p in pooled["points"]] == [0, 10]
+    assert all(p["methods"]["naive"]["num_pairs"] == 2 for p in pooled["points"])
+    assert (workdir / "barrier_vs_k.png").stat().st_size > 10_000
+    # ... equal to the single run of the same config (same parent, same children).
+    single = tmp_path / "single"
+    assert cli.main(["lmc", "run", f"--config={cfg}", f"--workdir={single}"]) == 0
+    alone = json.loads((single / "results.json").read_text())
+    assert pooled["points"] == alone["points"]
+    # `lmc report DIR` on the sweep prints the pooled table, grouped by k.
+    capsys.readouterr()
+    assert cli.main(["lmc", "report", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "[spawn_step=0]" in out and "naive (2 pairs)" in out

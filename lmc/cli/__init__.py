@@ -39,7 +39,9 @@ def cmd_run(argv: list[str]) -> int:
 
     preemption.install()
     distributed.maybe_initialize(fv.coordinator, fv.num_processes, fv.process_id)
-    run_experiment(config, workdir, overwrite=fv.overwrite, config_file=config_file)
+    run_experiment(
+        config, workdir, overwrite=fv.overwrite, config_file=config_file, parent=fv.parent
+    )
     if distributed.is_main_process():
         print(report_dirs([workdir]))
         print(f"\nwrote {os.path.join(workdir, 'results.json')}")

@@ -73,6 +73,12 @@ def define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer(
         "process_id", None, "this process's index (multi-process runs)", flag_values=fv
     )
+    flags.DEFINE_string(
+        "parent", None,
+        "workdir of a shared parent (trained by `lmc sweep` or `--config.experiment=parent`) "
+        "to spawn the children from, instead of training a parent in --workdir",
+        flag_values=fv,
+    )  # fmt: skip
     flags.DEFINE_bool(
         "show", False, "print every config key with its value and comment, then exit",
         flag_values=fv,

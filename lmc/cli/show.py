@@ -30,7 +30,9 @@ def comments(source: str) -> dict[str, str]:
         keys = []
         multi = _MULTI.match(line)
         if multi:
-            keys = [multi.group(1)] + [k.strip()[2:] for k in multi.group(2).split(",") if k.strip()]
+            keys = [multi.group(1)] + [
+                k.strip()[2:] for k in multi.group(2).split(",") if k.strip()
+            ]
         elif _ASSIGN.match(line):
             keys = [_ASSIGN.match(line).group(1)]
         note = trailing.get(number) if not stripped.startswith("#") else None

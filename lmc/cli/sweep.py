@@ -58,6 +58,7 @@ LOCK_FILE = ".sweep.lock"
 SUMMARY_FILE = "sweep.json"
 LOG_DIR = "logs"
 SCHEMA_VERSION = 1
+SHARED_PARENT = "shared_parent"
 _FORWARDED_BOOLS = ("overwrite", "nooverwrite")
 _FORWARDED_VALUES = ("coordinator", "num_processes", "process_id")
 _MAX_NAME = 120
@@ -71,6 +72,7 @@ class Point:
     workdir: Path
     args: list[str]  # everything after `lmc run`
     config_hash: str
+    config: object = None  # the point's resolved ConfigDict
     status: str = "pending"  # done | skipped | failed | preempted | interrupted | pending
     returncode: int | None = None
     wall_s: float | None = None
@@ -144,15 +146,24 @@ def format_value(value) -> str:
     return repr(value)
 
 
-def point_name(overrides: dict) -> str:
-    """A readable, filesystem-safe directory name: `spawn.step=0,seed=1`."""
+def point_name(overrides: dict, varying=None) -> str:
+    """A short, readable, filesystem-safe directory name from the last part of each
+    key: `{"instability.spawn_steps": (100,), "seed": 1}` -> `spawn_steps=100,seed=1`.
+    Keys outside `varying` (the same at every point) are left out of the name. The full
+    overrides are in the point's config.json and sweep.json."""
+    if varying is not None and any(k in varying for k in overrides):
+        overrides = {k: v for k, v in overrides.items() if k in varying}
 
     def short(v):
         if isinstance(v, (tuple, list)):
             return "-".join(short(x) for x in v) or "empty"
         return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(v)).strip("-") or "empty"
 
-    name = ",".join(f"{k}={short(v)}" for k, v in overrides.items()) or "base"
+    leaves = [k.rpartition(".")[2] for k in overrides]
+    keys = leaves if len(set(leaves)) == len(leaves) else list(overrides)
+    name = (
+        ",".join(f"{k}={short(v)}" for k, v in zip(keys, overrides.values(), strict=True)) or "base"
+    )
     if len(name) > _MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
         name = f"{name[: _MAX_NAME - 11]}~{digest}"
@@ -182,42 +193,73 @@ def forwarded_args(argv: list[str]) -> list[str]:
 
 def plan(config, config_file: str, workdir: str | Path, argv: list[str]) -> list[Point]:
     """Every point, validated: keys exist and each command line yields its config."""
-    from lmc.cli import flags
-    from lmc.provenance import config_hash, config_to_dict
-
     workdir = Path(workdir)
     base = forwarded_args(argv)
     raw = load_sweep(config_file)
+    keys = {k for overrides in raw for k in overrides}
+    varying = {k for k in keys if len({repr(o.get(k)) for o in raw}) > 1}
     points, names = [], {}
     for i, overrides in enumerate(raw):
         where = f"sweep point {i} {overrides} of {config_file.partition(':')[0]}"
         for key in overrides:
             check_key(config, key, where)
-        name = point_name(overrides)
-        if name in names:
-            raise UserError(f"{where} repeats point {names[name]} (both are named {name!r})")
+        name = point_name(overrides, varying)
+        if name in names or name == SHARED_PARENT:
+            raise UserError(f"{where} repeats point {names.get(name)} (both are named {name!r})")
         names[name] = i
-        point_dir = workdir / name
-        args = [f"--config={config_file}", f"--workdir={point_dir}", *base]
-        args += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
-        try:
-            fv = flags.parse(["lmc run", *args], flags.define_run_flags)
-            point_config, _, _ = flags.config_and_workdir(fv)
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-        for key, value in overrides.items():
-            got = point_config
-            for part in key.split("."):
-                got = got[part]
-            want = tuple(value) if isinstance(value, list) else value
-            if got != want:
-                raise UserError(
-                    f"{where}: --config.{key}={format_value(value)} parses as {got!r}, not "
-                    f"{value!r}; give the value with the type the config uses"
-                )
-        digest = config_hash(config_to_dict(point_config))
-        points.append(Point(i, name, overrides, point_dir, args, digest))
+        points.append(_point(i, name, overrides, workdir, config_file, base, where))
     return points
+
+
+def _point(index, name, overrides, workdir, config_file, base, where) -> Point:
+    """A point's `lmc run` arguments, checked: its command line reproduces its config."""
+    from lmc.cli import flags
+    from lmc.provenance import config_hash, config_to_dict
+
+    point_dir = workdir / name
+    args = [f"--config={config_file}", f"--workdir={point_dir}", *base]
+    args += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
+    try:
+        fv = flags.parse(["lmc run", *args], flags.define_run_flags)
+        point_config, _, _ = flags.config_and_workdir(fv)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    for key, value in overrides.items():
+        got = point_config
+        for part in key.split("."):
+            got = got[part]
+        want = tuple(value) if isinstance(value, list) else value
+        if got != want:
+            raise UserError(
+                f"{where}: --config.{key}={format_value(value)} parses as {got!r}, not "
+                f"{value!r}; give the value with the type the config uses"
+            )
+    digest = config_hash(config_to_dict(point_config))
+    return Point(index, name, overrides, point_dir, args, digest, point_config)
+
+
+def shared_parent(points: list[Point], workdir: Path, config_file: str, argv) -> Point | None:
+    """The first stage of a sweep whose points all spawn from the same parent (they differ
+    only in children: spawn steps, child seeds, methods): one `lmc run` of the `parent`
+    experiment keeping every spawn step any point needs. Points then run with
+    `--parent=DIR/shared_parent` and only train children. None if they don't share one."""
+    from lmc import experiments, training
+    from lmc.provenance import config_to_dict
+
+    if len(points) < 2:
+        return None
+    steps, identities = set(), []
+    for p in points:
+        module = experiments.module_for(p.config.experiment)
+        if not hasattr(module, "parent_steps") or not training.is_spawned(p.config):
+            return None
+        steps.update(module.parent_steps(p.config))
+        identities.append(training.parent_identity(config_to_dict(p.config)))
+    if not steps or any(i != identities[0] for i in identities[1:]):
+        return None
+    overrides = {"experiment": "parent", "instability.spawn_steps": tuple(sorted(steps))}
+    where = f"the shared parent of {config_file.partition(':')[0]}'s sweep"
+    return _point(-1, SHARED_PARENT, overrides, workdir, config_file, forwarded_args(argv), where)
 
 
 def point_state(point: Point) -> str:
@@ -263,8 +305,14 @@ def run_sweep(
     if parallel < 1:
         raise UserError(f"--parallel={parallel} must be at least 1")
     points = plan(config, config_file, workdir, argv)
-    if print_only:
+    stage = shared_parent(points, workdir, config_file, argv)
+    if stage is not None:
         for p in points:
+            p.args.append(f"--parent={stage.workdir}")
+    if print_only:
+        # With a shared parent, line 1 is the first stage: run it before the others
+        # (e.g. an array job with --dependency=afterok on it).
+        for p in ([stage] if stage else []) + points:
             print(shlex.join(p.command(["lmc"])))
         return 0
     forwarded = forwarded_args(argv)
@@ -279,7 +327,7 @@ def run_sweep(
     workdir.mkdir(parents=True, exist_ok=True)
     with _lock(workdir) if main else contextlib.nullcontext():
         todo = []
-        for p in points:
+        for p in ([stage] if stage else []) + points:
             state = point_state(p)
             if state == "done":
                 p.status = "skipped"
@@ -291,14 +339,24 @@ def run_sweep(
                 )
             else:
                 todo.append(p)
-        skipped = len(points) - len(todo)
-        _say(f"sweep: {len(points)} points in {workdir}, {skipped} already done, "
+        everything = ([stage] if stage else []) + points
+        skipped = len(everything) - len(todo)
+        shared = f", one shared parent ({stage.workdir})" if stage else ""
+        _say(f"sweep: {len(points)} points in {workdir}{shared}, {skipped} already done, "
              f"{len(todo)} to run ({parallel} at a time)", main)  # fmt: skip
-        summary = _Summary(workdir, config_file, forwarded, points, enabled=main)
+        summary = _Summary(workdir, config_file, forwarded, everything, enabled=main)
         summary.write()
-        interrupted = _execute(todo, parallel, workdir, summary, _process_index(forwarded))
+        process = _process_index(forwarded)
+        interrupted = 0
+        if stage is not None and stage in todo:  # the first stage: every point needs it
+            interrupted = _execute([stage], 1, workdir, summary, process)
+            todo.remove(stage)
+        if stage is None or stage.status in ("done", "skipped") and not interrupted:
+            interrupted = _execute(todo, parallel, workdir, summary, process)
         summary.write()
-    failed = [p for p in points if p.status not in ("done", "skipped")]
+    failed = [p for p in everything if p.status not in ("done", "skipped")]
+    if main and not failed:
+        _aggregate(config, config_file, workdir, points)
     if main:
         _print_report(workdir)
         if failed:
@@ -424,6 +482,36 @@ def _tail(path: Path, lines: int = 8) -> str:
 def _say(message: str, main: bool) -> None:
     if main:
         print(message, file=sys.stderr, flush=True)
+
+
+def _aggregate(config, config_file: str, workdir: Path, points: list[Point]) -> None:
+    """DIR/results.json and the experiment's figure for the whole sweep, when the
+    experiment can pool its runs (`aggregate`, e.g. instability: barrier vs k over every
+    point's pairs). `lmc report DIR` then prints that one table."""
+    from lmc import experiments
+    from lmc.provenance import config_to_dict, provenance
+
+    kinds = {p.config.experiment for p in points}
+    module = experiments.module_for(kinds.pop()) if len(kinds) == 1 else None
+    if module is None or not hasattr(module, "aggregate"):
+        return
+    runs = [(p.name, _read_json(p.workdir / "results.json")) for p in points]
+    if any(r is None for _, r in runs):
+        return
+    config_dict = config_to_dict(config)
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": True,
+        "experiment": points[0].config.experiment,
+        "config": config_dict,
+        "provenance": {**provenance(config_dict, sum(p.wall_s or 0.0 for p in points),
+                                    devices=False), "config_file": config_file},
+        "sweep": {"points": [p.name for p in points]},
+        **module.aggregate(runs),
+    }  # fmt: skip
+    write_json_atomic(workdir / "results.json", results, any_process=True)
+    figures = module.plot(results, workdir)
+    _say(f"sweep: wrote {workdir / 'results.json'}" + "".join(f", {f}" for f in figures), True)
 
 
 def _print_report(workdir: Path) -> None:

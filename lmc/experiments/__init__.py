@@ -3,9 +3,13 @@
 Every experiment is a module with
 
     validate(config) -> None                  # everything checkable before training
-    run(config, workdir) -> dict              # the experiment's part of results.json
+    run(config, workdir, parent=None) -> dict # the experiment's part of results.json
     plot(results, workdir) -> list[Path]      # its figures, from results.json alone
     table(runs: [(name, results)]) -> str     # its Markdown table (`lmc report`)
+
+and optionally `parent_steps(config)` (the parent checkpoints it spawns from: a sweep
+whose points share a parent trains it once, see `lmc.cli.sweep`, and passes
+`parent=DIR`) and `aggregate(runs) -> dict` (one result from a sweep's runs).
 
 and works for every model family and data kind (images or text). `run_experiment`
 adds the envelope (schema_version, complete, config, provenance; see
@@ -34,6 +38,7 @@ EXPERIMENTS = {
     "width": "lmc.experiments.width",
     "merge_many": "lmc.experiments.merge_many",
     "code_vs_prose": "lmc.experiments.code_vs_prose",
+    "parent": "lmc.experiments.parent",
 }
 # Names of the language-model experiments before they became the general ones.
 ALIASES = {"lm_pair": "pair", "lm_instability": "instability", "lm_code_vs_prose": "code_vs_prose"}
@@ -54,14 +59,26 @@ def validate(config) -> None:
 
 
 def run_experiment(
-    config, workdir: str | Path, *, overwrite: bool = False, config_file: str | None = None
+    config,
+    workdir: str | Path,
+    *,
+    overwrite: bool = False,
+    config_file: str | None = None,
+    parent: str | Path | None = None,
 ) -> dict:
+    """Validate, run, write results.json and plots. `parent`: the workdir of a shared
+    parent (`lmc run --parent=DIR`) to spawn from instead of training one."""
     module = module_for(config.experiment)
     config_dict = config_to_dict(config)
+    if parent is not None and not hasattr(module, "parent_steps"):
+        raise UserError(
+            f"--parent: the {config.experiment} experiment does not spawn from a shared parent "
+            f"(those that do: {', '.join(n for n in EXPERIMENTS if _shares_parent(n))})"
+        )
     module.validate(config)
     workdir = workdir_lib.prepare(Path(workdir), config_dict, overwrite)
     t0 = time.perf_counter()
-    body = module.run(config, workdir)
+    body = module.run(config, workdir, parent=Path(parent) if parent is not None else None)
     results = {
         "schema_version": SCHEMA_VERSION,
         "complete": True,
@@ -72,10 +89,16 @@ def run_experiment(
     }
     if config_file:
         results["provenance"]["config_file"] = config_file
+    if parent is not None:
+        results["provenance"]["parent"] = str(parent)
     if is_writer():
         write_json_atomic(workdir / workdir_lib.RESULTS_FILE, results)
         plot(results, workdir)
     return results
+
+
+def _shares_parent(name: str) -> bool:
+    return hasattr(module_for(name), "parent_steps")
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:

@@ -84,7 +84,8 @@ def validate(config) -> None:
 
 
 # ---- the experiment -----------------------------------------------------------------
-def run(config, workdir: Path) -> dict:
+def run(config, workdir: Path, parent: Path | None = None) -> dict:
+    del parent  # not offered (no parent_steps): each width / the mixture trains its own
     mixed = setup.load_data(config)
     model = setup.load_model(config, mixed)
     domain_data = {d: mixed.only(d) for d in DOMAINS}

@@ -53,16 +53,21 @@ def validate(config) -> None:
     num_pairs(config)
 
 
-def run(config, workdir: Path) -> dict:
+def parent_steps(config) -> list[int]:
+    """The parent checkpoints this run spawns from (a sweep may train them once)."""
+    return spawn_steps(config)
+
+
+def run(config, workdir: Path, parent: Path | None = None) -> dict:
     dataset = setup.load_data(config)
     model = setup.load_model(config, dataset)
     steps = spawn_steps(config)
-    training.train_parent(config, workdir, model, dataset, steps)
+    training.train_parent(config, workdir, model, dataset, steps, shared=parent)
     points = []
     for k in steps:
         children = [training.Child(i, workdir / f"k{k}" / f"child_{i}", k)
                     for i in range(2 * num_pairs(config))]  # fmt: skip
-        ends = training.train_children(config, workdir, model, dataset, children)
+        ends = training.train_children(config, workdir, model, dataset, children, shared=parent)
         pairs = [compare.compare_pair(config, model, dataset, *ends[2 * j : 2 * j + 2])
                  for j in range(len(ends) // 2)]  # fmt: skip
         points.append(
@@ -80,6 +85,11 @@ def run(config, workdir: Path) -> dict:
     if dataset.kind == "text":
         body["data"] = dataset.summary()
     return body
+
+
+def aggregate(runs: list[tuple[str, dict]]) -> dict:
+    """One result from the runs of a sweep: pairs at equal values pooled."""
+    return compare.merge_points(runs, SWEEP_KEY)
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:

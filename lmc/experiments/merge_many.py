@@ -55,12 +55,18 @@ def _metrics(config, model, dataset, endpoint: dict) -> dict:
     return language_model_metrics(metrics) if dataset.kind == "text" else metrics
 
 
-def run(config, workdir: Path) -> dict:
+def parent_steps(config) -> list[int]:
+    """The parent checkpoints this run spawns from (a sweep may train them once)."""
+    return [int(config.spawn.step)] if training.is_spawned(config) else []
+
+
+def run(config, workdir: Path, parent: Path | None = None) -> dict:
     from lmc import align
 
     dataset = setup.load_data(config)
     model = setup.load_model(config, dataset)
-    ends = training.siblings(config, workdir, model, dataset, range(num_models(config)))
+    ends = training.siblings(config, workdir, model, dataset, range(num_models(config)),
+                             shared=parent)  # fmt: skip
     for i, e in enumerate(ends):
         setup.finite_or_raise(e, f"model {i}")
     naive = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), 0), *ends)

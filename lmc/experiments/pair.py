@@ -24,10 +24,15 @@ def validate(config) -> None:
     training.check_num_children(config, 2, "the pair experiment")
 
 
-def run(config, workdir: Path) -> dict:
+def parent_steps(config) -> list[int]:
+    """The parent checkpoints this run spawns from (a sweep may train them once)."""
+    return [int(config.spawn.step)] if training.is_spawned(config) else []
+
+
+def run(config, workdir: Path, parent: Path | None = None) -> dict:
     dataset = setup.load_data(config)
     model = setup.load_model(config, dataset)
-    ea, eb = training.siblings(config, workdir, model, dataset, (0, 1))
+    ea, eb = training.siblings(config, workdir, model, dataset, (0, 1), shared=parent)
     setup.finite_or_raise(ea, "endpoint a"), setup.finite_or_raise(eb, "endpoint b")
     body = {}
     if dataset.kind == "text":

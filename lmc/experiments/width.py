@@ -62,7 +62,8 @@ def validate(config) -> None:
     num_pairs(config)
 
 
-def run(config, workdir: Path) -> dict:
+def run(config, workdir: Path, parent: Path | None = None) -> dict:
+    del parent  # not offered (no parent_steps): each width / the mixture trains its own
     dataset = setup.load_data(config)
     points = []
     for m in multipliers(config):
@@ -81,6 +82,11 @@ def run(config, workdir: Path) -> dict:
             }
         )
     return {"sweep_key": SWEEP_KEY, "points": points}
+
+
+def aggregate(runs: list[tuple[str, dict]]) -> dict:
+    """One result from the runs of a sweep: pairs at equal values pooled."""
+    return compare.merge_points(runs, SWEEP_KEY)
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:

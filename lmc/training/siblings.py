@@ -98,14 +98,49 @@ def is_spawned(config) -> bool:
     return config.spawn.mode == "spawn"
 
 
-def train_parent(config, workdir: Path, model: Model, dataset: Dataset, spawn_steps) -> None:
-    """Train the shared parent up to the last spawn step, keeping every spawn step."""
+# Config keys that only concern the children (or evaluation): two configs that agree on
+# everything else describe the same parent, which a sweep can then train once.
+CHILD_KEYS = {
+    "experiment": None, "spawn": ("step", "child_seeds", "population"), "instability": None,
+    "width": None, "merge": None, "eval": None, "align": None, "checkpoint": None,
+    "log_every_steps": None, "eval_every_steps": None, "progress": None, "mesh": None,
+    "lm": None,
+}  # fmt: skip
+
+
+def parent_identity(config_dict: dict) -> dict:
+    """The part of a (plain-dict) config that determines the parent's trajectory."""
+    out = {}
+    for key, value in config_dict.items():
+        if key in CHILD_KEYS and CHILD_KEYS[key] is None:
+            continue
+        if key in CHILD_KEYS:
+            value = {k: v for k, v in value.items() if k not in CHILD_KEYS[key]}
+        out[key] = value
+    return out
+
+
+def parent_dir(workdir: Path, shared: Path | None = None) -> Path:
+    """Where the parent lives: `shared`/parent (a sweep's shared parent), else
+    `workdir`/parent."""
+    return Path(shared if shared is not None else workdir) / "parent"
+
+
+def train_parent(
+    config, workdir: Path, model: Model, dataset: Dataset, spawn_steps, shared: Path | None = None
+) -> None:
+    """Train the parent up to the last spawn step, keeping every spawn step. With
+    `shared` (a parent a sweep trained once, `lmc run --parent=DIR`), check it instead:
+    same parent config, every spawn step saved."""
     spawn_steps = sorted({int(k) for k in spawn_steps})
+    if shared is not None:
+        _check_shared_parent(config, Path(shared), spawn_steps)
+        return
     train(
         model=model,
         dataset=dataset,
         config=config,
-        run_dir=Path(workdir) / "parent",
+        run_dir=parent_dir(workdir),
         seeds=parent_seeds(config),
         stop_step=spawn_steps[-1],
         keep_steps=spawn_steps,
@@ -113,11 +148,45 @@ def train_parent(config, workdir: Path, model: Model, dataset: Dataset, spawn_st
     )
 
 
-def load_parent(config, workdir: Path, model: Model, dataset: Dataset, step: int) -> dict:
+def _check_shared_parent(config, shared: Path, spawn_steps: list[int]) -> None:
+    from lmc.io import read_json
+    from lmc.provenance import config_to_dict
+
+    made_by = shared / "config.json"
+    try:
+        theirs = parent_identity(read_json(made_by))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"--parent={shared}: cannot read {made_by} ({e}); train the shared parent first "
+            "(`lmc sweep` does, or run the first line of `lmc sweep --print`)"
+        ) from None
+    if theirs != parent_identity(config_to_dict(config)):
+        raise UserError(
+            f"--parent={shared} was trained by a different parent config (data, model, "
+            "optimizer, seed or training length differ); use the parent of this config"
+        )
+    saved = _saved_steps(shared / "parent" / "checkpoints")
+    missing = [k for k in spawn_steps if k not in saved]
+    if missing:
+        raise UserError(
+            f"--parent={shared} has no checkpoint for spawn step(s) {missing} (it keeps "
+            f"{sorted(saved)}); train the shared parent with these steps first"
+        )
+
+
+def _saved_steps(directory: Path) -> set[int]:
+    if not directory.is_dir():
+        return set()
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()}
+
+
+def load_parent(
+    config, workdir: Path, model: Model, dataset: Dataset, step: int, shared: Path | None = None
+) -> dict:
     """The parent's full train state at spawn step `step`."""
     optimizer = make_optimizer_for(config, total_steps(config, dataset))
     template = init_state(model, optimizer, parent_seeds(config).init, dataset.train_x[:1])
-    directory = Path(workdir) / "parent" / "checkpoints"
+    directory = parent_dir(workdir, shared) / "checkpoints"
     ckpt = Checkpointer(directory, every_steps=1)
     try:
         if step not in ckpt.steps():
@@ -131,8 +200,9 @@ def load_parent(config, workdir: Path, model: Model, dataset: Dataset, step: int
 
 
 def train_children(
-    config, workdir: Path, model: Model, dataset: Dataset, children: list[Child]
-) -> list[dict]:
+    config, workdir: Path, model: Model, dataset: Dataset, children: list[Child],
+    shared: Path | None = None,
+) -> list[dict]:  # fmt: skip
     """Train every child to the end (resuming where one stopped); their final endpoints.
 
     With `config.spawn.population`, the unfinished children of each spawn step train
@@ -140,13 +210,13 @@ def train_children(
     finished run, so reruns and the sequential path read it back unchanged."""
     workdir = Path(workdir)
     if config.spawn.population:
-        _train_populations(config, workdir, model, dataset, children)
+        _train_populations(config, workdir, model, dataset, children, shared)
     states = []
     for child in children:
         data = child.dataset or dataset
         start = None
         if child.spawn_step is not None and not _has_checkpoint(child.run_dir):
-            start = load_parent(config, workdir, model, dataset, child.spawn_step)
+            start = load_parent(config, workdir, model, dataset, child.spawn_step, shared)
         state = train(
             model=model,
             dataset=data,
@@ -160,7 +230,7 @@ def train_children(
     return states
 
 
-def _train_populations(config, workdir, model, dataset, children: list[Child]) -> None:
+def _train_populations(config, workdir, model, dataset, children: list[Child], shared) -> None:
     final = total_steps(config, dataset)
     todo = [c for c in children if not (c.run_dir / "checkpoints" / str(final)).is_dir()]
     groups: dict = {}
@@ -171,7 +241,7 @@ def _train_populations(config, workdir, model, dataset, children: list[Child]) -
             continue  # nothing to stack; the sequential path trains it
         start = None
         if spawn_step is not None:
-            start = load_parent(config, workdir, model, dataset, spawn_step)
+            start = load_parent(config, workdir, model, dataset, spawn_step, shared)
         members = [
             Member(
                 run_dir=c.run_dir,
@@ -204,17 +274,17 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def siblings(
-    config, workdir: Path, model: Model, dataset: Dataset, indices, group_dir: Path | None = None
+    config, workdir: Path, model: Model, dataset: Dataset, indices, shared: Path | None = None
 ) -> list[dict]:
     """Endpoints of children `indices` as the config describes them: spawned from the
-    parent's step `config.spawn.step` (trained here if needed) or independent inits."""
+    parent's step `config.spawn.step` (trained here if needed, or a `shared` parent) or
+    independent inits."""
     workdir = Path(workdir)
-    group_dir = workdir if group_dir is None else group_dir
     k = int(config.spawn.step) if is_spawned(config) else None
     if k is not None:
-        train_parent(config, workdir, model, dataset, [k])
-    children = [Child(i, group_dir / f"child_{i}", k) for i in indices]
-    return train_children(config, workdir, model, dataset, children)
+        train_parent(config, workdir, model, dataset, [k], shared)
+    children = [Child(i, workdir / f"child_{i}", k) for i in indices]
+    return train_children(config, workdir, model, dataset, children, shared)
 
 
 __all__ = [
@@ -224,6 +294,7 @@ __all__ = [
     "child_seeds",
     "is_spawned",
     "load_parent",
+    "parent_identity",
     "parent_seeds",
     "siblings",
     "train_children",
