@@ -3,6 +3,8 @@
     python benchmarks/mutation.py                 # every mutation, with a baseline run
     python benchmarks/mutation.py --only NAME,..  # a subset
     python benchmarks/mutation.py --list          # names, files and tests, nothing run
+    python benchmarks/mutation.py --only STE --tests tests/test_align_methods.py
+                                                  # would these other tests catch it?
 
 Each entry of `MUTATIONS` is one semantic breakage: the file, an exact snippet of it,
 the snippet that replaces it, and the tests expected to catch it (pytest paths or node
@@ -212,11 +214,20 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutations and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unpatched run")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        default=None,
+        help="run these tests for every chosen mutation instead of each entry's own "
+        "(e.g. to see whether other test files would catch it)",
+    )
     args = parser.parse_args(argv)
     chosen = MUTATIONS
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
         chosen = [m for m in MUTATIONS if any(k in m.name for k in keys)]
+    if args.tests:
+        chosen = [dataclasses.replace(m, tests=tuple(args.tests)) for m in chosen]
     if args.list or not chosen:
         for m in chosen or MUTATIONS:
             print(f"- {m.name}\n    {m.file}\n    tests: {', '.join(m.tests)}")
