@@ -31,6 +31,14 @@ def _steps(fn, n):
 
 
 def jax_steps(model_name: str, width, batch: int, shape, steps: int, repeats: int):
+    """Seconds per step of lmc's step and of the minimal step, timed interleaved."""
+    ours_step, plain_step = step_fns(model_name, width, batch, shape)
+    t_ours, t_plain = median_times([_steps(ours_step, steps), _steps(plain_step, steps)], repeats)
+    return t_ours / steps, t_plain / steps
+
+
+def step_fns(model_name: str, width, batch: int, shape):
+    """(lmc's step, a minimal hand-written step) as zero-argument callables."""
     model = models.build(
         model_name, 10, width=width, norm="batchnorm" if model_name != "mlp" else None
     )
@@ -66,8 +74,7 @@ def jax_steps(model_name: str, width, batch: int, shape, steps: int, repeats: in
         s["p"], s["m"], s["o"], loss = plain(s["p"], s["m"], s["o"], x, y)
         return loss
 
-    t_ours, t_plain = median_times([_steps(ours_step, steps), _steps(plain_step, steps)], repeats)
-    return t_ours / steps, t_plain / steps
+    return ours_step, plain_step
 
 
 def run(quick: bool) -> list[dict]:
@@ -106,12 +113,16 @@ def torch_comparison(quick: bool) -> list[dict]:
                 "detail": "skipped: torch not installed (pip install -e '.[bench]')",
             }
         ]
-    from benchmarks.torch_resnet20 import torch_step_time
+    from benchmarks.torch_resnet20 import torch_step_fn
 
     batch = 32 if quick else 128
     steps, repeats = (3, 3) if quick else (10, 5)
-    ours, _ = jax_steps("resnet20", 1, batch, (32, 32, 3), steps, repeats)
-    theirs = torch_step_time(batch, steps, repeats)
+    ours_step, _ = step_fns("resnet20", 1, batch, (32, 32, 3))
+    # Interleaved with lmc's step, like every other pair (median_times warms both up).
+    t_ours, t_theirs = median_times(
+        [_steps(ours_step, steps), torch_step_fn(batch, steps)], repeats
+    )
+    ours, theirs = t_ours / steps, t_theirs / steps
     return [
         row(
             "train_step/resnet20_vs_torch",

@@ -4,7 +4,9 @@
 
 Each line is {"name", "ours_s", "baseline_s", "ratio", "detail"} with
 ratio = baseline_s / ours_s (> 1: lmc is faster), every pair timed in the same run
-on the same machine after a warmup, as the median of interleaved repeats. A
+on the same machine after a warmup, as the median of interleaved repeats (a, b, b, a,
+...). Headroom measurements (input pipeline: loader rate / step rate) carry
+"headroom" instead of a ratio and get their own table: they are not speed-ups. A
 Markdown table follows. `--quick` (small sizes, CI smoke test) takes ~2-3 minutes on
 2 CPU cores. On a GPU/TPU host the same suite runs on the accelerator JAX finds.
 """
@@ -43,13 +45,29 @@ def machine() -> str:
 
 
 def markdown(rows: list[dict]) -> str:
+    """Speed comparisons (ratio = baseline / ours), then headroom rows in their own
+    table: a headroom is how much faster a producer is than its consumer, not a
+    speed-up of lmc over a baseline."""
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    speed = [r for r in rows if "headroom" not in r]
+    headroom = [r for r in rows if "headroom" in r]
     lines = ["| benchmark | ours (s) | baseline (s) | ratio | detail |", "|---|---|---|---|---|"]
-    for r in rows:
-        fmt = lambda v: "-" if v is None else f"{v:.4g}"
+    for r in speed:
         lines.append(
             f"| {r['name']} | {fmt(r['ours_s'])} | {fmt(r['baseline_s'])} | "
             f"{fmt(r['ratio'])} | {r['detail']} |"
         )
+    if headroom:
+        lines += [
+            "",
+            "| headroom (not a speed-up) | supply (s/batch) | demand (s/batch) | headroom | detail |",
+            "|---|---|---|---|---|",
+        ]
+        for r in headroom:
+            lines.append(
+                f"| {r['name']} | {fmt(r['ours_s'])} | {fmt(r['baseline_s'])} | "
+                f"{fmt(r['headroom'])}x | {r['detail']} |"
+            )
     return "\n".join(lines)
 
 

@@ -39,8 +39,9 @@ def _build(width: int = 1):
     return nn.Sequential(*layers)
 
 
-def torch_step_time(batch: int, steps: int, repeats: int) -> float:
-    """Median seconds per SGD step (forward, backward, update) in eager mode."""
+def torch_step_fn(batch: int, steps: int):
+    """A callable that runs `steps` SGD steps (forward, backward, update) in eager mode,
+    after one warmup step; for interleaving with other contenders."""
     import torch
 
     torch.manual_seed(0)
@@ -56,11 +57,20 @@ def torch_step_time(batch: int, steps: int, repeats: int) -> float:
         loss.backward()
         opt.step()
 
+    def run():
+        for _ in range(steps):
+            step()
+
     step()
+    return run
+
+
+def torch_step_time(batch: int, steps: int, repeats: int) -> float:
+    """Median seconds per step in eager mode (on its own; the suite interleaves)."""
+    run = torch_step_fn(batch, steps)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
+        run()
         times.append((time.perf_counter() - t0) / steps)
     return statistics.median(times)

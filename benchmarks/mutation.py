@@ -1,0 +1,268 @@
+"""Mutation check: break the research core on purpose and see whether the tests notice.
+
+    python benchmarks/mutation.py                 # every mutation, with a baseline run
+    python benchmarks/mutation.py --only NAME,..  # a subset
+    python benchmarks/mutation.py --list          # names, files and tests, nothing run
+    python benchmarks/mutation.py --only STE --tests tests/test_align_methods.py
+                                                  # would these other tests catch it?
+
+Each entry of `MUTATIONS` is one semantic breakage: the file, an exact snippet of it,
+the snippet that replaces it, and the tests expected to catch it (pytest paths or node
+ids). The repository's files (`git ls-files`, plus untracked files git does not
+ignore) are copied once to a temporary directory; each mutation is applied there on
+its own, the listed tests run with `PYTHONPATH=<copy> python -m pytest -x -q`, and the
+file is restored. A baseline run of all listed tests on the unpatched copy comes
+first: a mutation only counts as caught if its tests passed without it.
+
+Outcomes: `caught` (pytest exit 1: a test failed), `MISSED` (the tests passed),
+`not-applicable` (the snippet is not in the file, or not exactly once: the code moved;
+update the entry), `error` (pytest could not run the tests, e.g. exit 2, 4 or 5).
+Exit status: 0 when every applicable mutation is caught, 1 otherwise.
+
+Not part of the normal suite: it runs the listed tests once per mutation (about 5-10
+minutes on 2 CPU cores for the full list). Adding a mutation is a one-entry edit of
+`MUTATIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to the repository root
+    old: str  # must occur exactly once in `file`
+    new: str
+    tests: tuple[str, ...]  # pytest paths or node ids, relative to the root
+
+
+DATA_ORDER = "tests/test_data_order_science.py"
+SCIENCE = "tests/test_science_align_eval.py"
+
+MUTATIONS = [
+    Mutation(
+        "data order: every epoch reuses epoch 0's permutation",
+        "lmc/data/order.py",
+        "perm = epoch_permutation(data_seed, epoch, num_examples)",
+        "perm = epoch_permutation(data_seed, 0, num_examples)",
+        (
+            f"{DATA_ORDER}::test_batches_after_an_epoch_boundary_follow_the_next_epochs_permutation",
+            f"{DATA_ORDER}::test_each_epoch_visits_every_kept_example_exactly_once",
+        ),
+    ),
+    Mutation(
+        "data order: the step within an epoch is ignored",
+        "lmc/data/order.py",
+        "return perm[within * batch_size : (within + 1) * batch_size]",
+        "return perm[:batch_size]",
+        ("tests/test_data.py", DATA_ORDER),
+    ),
+    Mutation(
+        "augmentation: key not folded with the step",
+        "lmc/train.py",
+        "x = crop_and_flip(jax.random.fold_in(aug_key, step), x)",
+        "x = crop_and_flip(aug_key, x)",
+        (f"{DATA_ORDER}::test_augmentation_changes_with_step_and_seed_inside_training",),
+    ),
+    Mutation(
+        "augmentation: the aug seed is ignored",
+        "lmc/train.py",
+        "jax.random.key_data(jax.random.key(seeds.aug))",
+        "jax.random.key_data(jax.random.key(0))",
+        (f"{DATA_ORDER}::test_augmentation_changes_with_step_and_seed_inside_training",),
+    ),
+    Mutation(
+        "augmentation: the flip is never applied",
+        "lmc/data/augment.py",
+        "return jnp.where(flip, cropped[:, :, ::-1, :], cropped)",
+        "return cropped",
+        (f"{DATA_ORDER}::test_crop_and_flip_is_a_padded_crop_or_its_mirror",),
+    ),
+    Mutation(
+        "BN reset: norm='reset' keeps the interpolated (stale) statistics",
+        "lmc/evaluate/normalization.py",
+        'if norm == "none":\n        return lerp_stacked(',
+        'if norm in ("none", "reset"):\n        return lerp_stacked(',
+        (
+            f"{SCIENCE}::test_reset_lowers_a_batchnorm_pairs_interpolated_loss",
+            "tests/test_evaluate_normalization.py",
+        ),
+    ),
+    Mutation(
+        "REPAIR: the correction does not rescale (scale 1)",
+        "lmc/evaluate/normalization.py",
+        'scale = targets[key]["std"] / np.sqrt(measured[key]["var"] + EPS)',
+        'scale = np.ones_like(measured[key]["var"])',
+        (
+            f"{SCIENCE}::test_repair_brings_channel_statistics_to_the_interpolated_endpoint_statistics",
+        ),
+    ),
+    Mutation(
+        "STE: the update step is a no-op",
+        "lmc/align/ste.py",
+        "return optax.apply_updates(proxy, updates), opt_state, loss",
+        "return proxy, opt_state, loss",
+        (f"{SCIENCE}::test_ste_lowers_the_midpoint_loss_that_weight_matching_leaves",),
+    ),
+    Mutation(
+        "barrier: measured against the endpoints' mean instead of the line",
+        "lmc/evaluate/barriers.py",
+        "gaps = [v - ((1 - a) * f0 + a * f1) for a, v in zip(alphas, values, strict=True)]",
+        "gaps = [v - (f0 + f1) / 2 for a, v in zip(alphas, values, strict=True)]",
+        ("tests/test_evaluate_barriers.py",),
+    ),
+    Mutation(
+        "weight matching: stops after one sweep",
+        "lmc/align/weight_matching.py",
+        "        if not progress:\n            break\n    return perms, objectives, sweeps",
+        "        break\n    return perms, objectives, sweeps",
+        ("tests/test_align_weight_matching.py",),
+    ),
+    Mutation(
+        "spec rule: transpose ignores its permutation",
+        "lmc/align/rules.py",
+        'return [tuple(ins[0][p] for p in eqn.params["permutation"])]',
+        "return [tuple(ins[0])]",
+        ("tests/test_align_trace.py",),
+    ),
+    Mutation(
+        "spec rule: a flatten's factors in the wrong order",
+        "lmc/align/rules.py",
+        "g.composite(gj[0], tuple(gi))",
+        "g.composite(gj[0], tuple(reversed(gi)))",
+        ("tests/test_align_trace.py",),
+    ),
+    # Engine mutations (alignment wiring in `pair`, the resume step counter) go here
+    # once the experiment engine has settled: one Mutation(...) each.
+]
+
+
+def repo_files(root: Path) -> list[str]:
+    """Tracked files plus untracked ones git does not ignore (the working tree)."""
+    out = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (root / f).is_file()})
+
+
+def copy_repo(root: Path, dest: Path) -> None:
+    for rel in repo_files(root):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+
+
+def run_tests(copy: Path, tests, timeout: int) -> tuple[int, str, float]:
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return -1, "timed out", time.perf_counter() - t0
+    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0
+
+
+def first_failure(output: str) -> str:
+    m = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    return m.group(1) if m else ""
+
+
+def check(copy: Path, m: Mutation, timeout: int) -> dict:
+    path = copy / m.file
+    if not path.is_file():
+        return {"status": "not-applicable", "detail": f"{m.file} does not exist"}
+    original = path.read_text()
+    count = original.count(m.old)
+    if count != 1:
+        where = "not found" if count == 0 else f"found {count} times"
+        return {"status": "not-applicable", "detail": f"snippet {where} in {m.file}"}
+    path.write_text(original.replace(m.old, m.new))
+    try:
+        rc, output, secs = run_tests(copy, m.tests, timeout)
+    finally:
+        path.write_text(original)
+    if rc == 1:
+        return {"status": "caught", "detail": first_failure(output), "s": secs}
+    if rc == 0:
+        return {"status": "MISSED", "detail": "the listed tests passed", "s": secs}
+    tail = output.strip().splitlines()[-1:] or [""]
+    return {"status": "error", "detail": f"pytest exit {rc}: {tail[0][:200]}", "s": secs}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated substrings of names")
+    parser.add_argument("--list", action="store_true", help="print the mutations and exit")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unpatched run")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        default=None,
+        help="run these tests for every chosen mutation instead of each entry's own "
+        "(e.g. to see whether other test files would catch it)",
+    )
+    args = parser.parse_args(argv)
+    chosen = MUTATIONS
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        chosen = [m for m in MUTATIONS if any(k in m.name for k in keys)]
+    if args.tests:
+        chosen = [dataclasses.replace(m, tests=tuple(args.tests)) for m in chosen]
+    if args.list or not chosen:
+        for m in chosen or MUTATIONS:
+            print(f"- {m.name}\n    {m.file}\n    tests: {', '.join(m.tests)}")
+        return 0 if chosen else 2
+
+    with tempfile.TemporaryDirectory(prefix="lmc-mutation-") as tmp:
+        copy = Path(tmp) / "repo"
+        copy_repo(ROOT, copy)
+        if not args.no_baseline:
+            tests = list(dict.fromkeys(t for m in chosen for t in m.tests))
+            rc, output, secs = run_tests(copy, tests, args.timeout)
+            print(
+                f"baseline (unpatched, {len(tests)} test targets): pytest exit {rc}, {secs:.0f} s"
+            )
+            if rc != 0:
+                print(output[-3000:])
+                print("the listed tests fail without any mutation; fix them first")
+                return 1
+        rows = []
+        for m in chosen:
+            r = check(copy, m, args.timeout)
+            rows.append((m, r))
+            secs = f"{r['s']:.0f} s" if "s" in r else "-"
+            print(f"{r['status']:>14}  {m.name}  ({secs}) {r['detail']}", flush=True)
+
+    print("\n| mutation | file | result | detail |\n|---|---|---|---|")
+    for m, r in rows:
+        print(f"| {m.name} | `{m.file}` | {r['status']} | {r['detail']} |")
+    counts = {s: sum(r["status"] == s for _, r in rows) for s in ("caught", "MISSED")}
+    other = len(rows) - sum(counts.values())
+    print(
+        f"\n{counts['caught']} caught, {counts['MISSED']} missed, {other} not applicable or error"
+    )
+    return 0 if counts["caught"] == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
