@@ -72,15 +72,15 @@ MUTATIONS = [
     ),
     Mutation(
         "augmentation: key not folded with the step",
-        "lmc/train.py",
+        "lmc/training/step.py",
         "x = crop_and_flip(jax.random.fold_in(aug_key, step), x)",
         "x = crop_and_flip(aug_key, x)",
         (f"{DATA_ORDER}::test_augmentation_changes_with_step_and_seed_inside_training",),
     ),
     Mutation(
         "augmentation: the aug seed is ignored",
-        "lmc/train.py",
-        "jax.random.key_data(jax.random.key(seeds.aug))",
+        "lmc/training/loop.py",
+        "jax.random.key_data(jax.random.key(seeds[0].aug))",
         "jax.random.key_data(jax.random.key(0))",
         (f"{DATA_ORDER}::test_augmentation_changes_with_step_and_seed_inside_training",),
     ),
@@ -145,8 +145,50 @@ MUTATIONS = [
         "g.composite(gj[0], tuple(reversed(gi)))",
         ("tests/test_align_trace.py",),
     ),
-    # Engine mutations (alignment wiring in `pair`, the resume step counter) go here
-    # once the experiment engine has settled: one Mutation(...) each.
+    Mutation(
+        "pair: the curve is measured on the unaligned B (alignment wiring)",
+        "lmc/experiments/compare.py",
+        "model.apply, ea, aligned, dataset,",
+        "model.apply, ea, eb, dataset,",
+        (
+            "tests/test_experiments.py::test_pair_with_every_alignment_method",
+            "tests/test_experiments.py::test_batchnorm_suffixes_reach_the_evaluator_and_alignment_helps",
+        ),
+    ),
+    Mutation(
+        "resume: the step counter restarts at 0 after a checkpoint",
+        "lmc/training/loop.py",
+        "state = template if restored is None else restored",
+        "state = template if restored is None else {**restored, 'step': template['step']}",
+        ("tests/test_train.py::test_resume_after_checkpoint_is_bitwise_identical",),
+    ),
+    Mutation(
+        "spawn: a child does not continue the parent's step (schedule restarts)",
+        "lmc/training/state.py",
+        'for key in ("params", "model_state", "opt_state", "step"):',
+        'for key in ("params", "model_state", "opt_state"):',
+        (
+            "tests/test_train.py::test_spawn_from_parent_equals_uninterrupted_training_with_same_seeds",
+        ),
+    ),
+    Mutation(
+        "population: every child gets the first child's batches",
+        "lmc/training/loop.py",
+        "rows = [m.dataset.train_batch(m.seeds.data, step, self.batch_size)",
+        "rows = [m.dataset.train_batch(self.members[0].seeds.data, step, self.batch_size)",
+        (
+            "tests/test_train.py::test_population_training_is_bitwise_identical_to_sequential_children",
+        ),
+    ),
+    Mutation(
+        "sweep: the shared parent is trained with another seed than the points expect",
+        "lmc/cli/sweep.py",
+        'overrides = {"experiment": "parent", "instability.spawn_steps": tuple(sorted(steps))}',
+        'overrides = {"experiment": "parent", "instability.spawn_steps": tuple(sorted(steps)), "seed": 99}',
+        (
+            "tests/test_sweep.py::test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure",
+        ),
+    ),
 ]
 
 
