@@ -5,7 +5,6 @@ from conftest import small_config
 
 from lmc import data, models, training
 from lmc.errors import UserError
-from lmc.evaluate import evaluate
 from lmc.training import Child, DivergenceError, Seeds, train
 
 
@@ -127,20 +126,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     _, state = ckpt.restore_latest()
     ckpt.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
-
-
-@pytest.mark.slow
-def test_default_digits_mlp_reaches_95_percent(tmp_path):
-    from configs import default
-
-    c = default.get_config()
-    c.progress = False
-    c.mesh.data = 1
-    ds, model = _setup(c)
-    state = train(model=model, dataset=ds, config=c, run_dir=tmp_path, seeds=Seeds(1, 1, 1))
-    endpoint = {"params": state["params"], "model_state": state["model_state"]}
-    test = evaluate(model.apply, endpoint, {"test": (ds.test_x, ds.test_y)})
-    assert test["test_error"] <= 0.05, test
 
 
 def test_population_training_is_bitwise_identical_to_sequential_children(tmp_path):
