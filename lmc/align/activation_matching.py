@@ -154,8 +154,15 @@ def _merge(s, t):
     }
 
 
-def _is_model(obj) -> bool:
-    return all(hasattr(obj, a) for a in ("module", "init", "apply"))
+def _as_model(obj):
+    """An `lmc.models.Model` for a Model or a flax.linen.Module; None for a function."""
+    import flax.linen as nn
+
+    from lmc.models import as_model
+
+    if isinstance(obj, nn.Module) or all(hasattr(obj, a) for a in ("module", "init", "apply")):
+        return as_model(obj)
+    return None
 
 
 def _shape_struct(x) -> jax.ShapeDtypeStruct:
@@ -201,7 +208,7 @@ def activation_matching(
         raise UserError("activation_matching needs at least one batch") from None
     x0 = _shape_struct(_first_input(first))
     tree_a, tree_b = params_a, params_b
-    model = apply_fn_or_model if _is_model(apply_fn_or_model) else None
+    model = _as_model(apply_fn_or_model)
     if model is not None:
         if "params" not in tree_a:
             tree_a, tree_b = ({"params": t, "model_state": {}} for t in (tree_a, tree_b))

@@ -170,6 +170,9 @@ def analyze_model(model, example_input) -> Analysis:
     Eval mode (running statistics) and train mode (batch statistics and running-stat
     updates) are both traced and their constraints combined.
     """
+    from lmc.models import as_model
+
+    model = as_model(model)
     tree, x = model_shapes(model, example_input)
 
     def carry(out):  # train mode returns (logits, new model_state)
@@ -184,7 +187,8 @@ def analyze_model(model, example_input) -> Analysis:
 
 
 def spec_from_model(model, example_input) -> PermutationSpec:
-    """The spec of an `lmc.models` Model over {'params': ..., 'model_state': ...}.
+    """The spec of an `lmc.models` Model or a `flax.linen.Module` over
+    {'params': ..., 'model_state': ...} (model_state: the module's batch_stats).
 
     Both train mode (batch statistics, running-stat updates) and eval mode (running
     statistics) are traced, and their constraints combined.

@@ -57,10 +57,12 @@ def interpolation_curve(
     """Mean cross-entropy and error of (1-a)*A + a*B for every alpha, on every split.
 
     Args:
-      apply_fn: `apply_fn(params, model_state, x, train) -> (logits, model_state)`,
-        e.g. `lmc.models.Model.apply`. It is a static jit argument: pass the same
-        (hashable) object every time to reuse the compiled evaluator.
-      endpoint_a, endpoint_b: `{"params": ..., "model_state": ...}` plain dicts.
+      apply_fn: the model: an `lmc.models.Model`, a `flax.linen.Module` (its
+        `__call__(x)` or `__call__(x, train)`), or a function `apply_fn(params,
+        model_state, x, train) -> (logits, model_state)`. It is a static jit argument:
+        pass the same (hashable) object every time to reuse the compiled evaluator.
+      endpoint_a, endpoint_b: `{"params": ..., "model_state": ...}`, flax variables
+        `{"params": ..., "batch_stats": ...}`, or raw params.
       data: an `lmc.data.Dataset`, or a dict split name -> (x, y) numpy arrays.
       alphas: number of evenly spaced alphas, or increasing floats from 0.0 to 1.0.
       norm: "none", "reset" or "repair" (see `normalization`); None or "auto" means
@@ -83,7 +85,7 @@ def interpolation_curve(
       for (batch, time) targets), train before test for a Dataset. At alpha 0
       and 1 the values are the endpoints' own metrics, whatever `norm`.
     """
-    _check_apply_fn(apply_fn)
+    apply_fn = as_apply_fn(apply_fn)
     a, b = as_endpoint(endpoint_a, "a"), as_endpoint(endpoint_b, "b")
     check_pair(a, b)
     alpha_values = check_alphas(alphas)
@@ -124,7 +126,7 @@ def evaluate(
     Runs the curve evaluator at the single alpha 0, so with the same `batch_size`
     and `train_subset` it returns exactly the values at the ends of every curve.
     """
-    _check_apply_fn(apply_fn)
+    apply_fn = as_apply_fn(apply_fn)
     e = as_endpoint(endpoint, "a")
     check_finite(e, "a")
     splits = splits_of(data, train_subset)
@@ -137,14 +139,24 @@ def evaluate(
     return {k: float(v[0]) for k, v in metrics.items()}
 
 
-def _check_apply_fn(apply_fn) -> None:
+def as_apply_fn(model):
+    """The evaluator's `apply_fn(params, model_state, x, train) -> (logits, model_state)`
+    from any model lmc accepts: an `lmc.models.Model`, a `flax.linen.Module` (see
+    `lmc.models.as_model`), or such a function itself."""
+    import flax.linen as nn
+
+    from lmc.models import Model, as_model
+
+    if isinstance(model, Model | nn.Module):
+        return as_model(model).apply
     try:
-        hash(apply_fn)
+        hash(model)
     except TypeError:
         raise TypeError(
             "apply_fn must be hashable (a function, or a method of a frozen object such as "
             "lmc.models.Model): it is a static argument of the jitted evaluator"
         ) from None
+    return model
 
 
 def _evaluate_splits(

@@ -19,17 +19,23 @@ DEFAULT_NUM_ALPHAS = 25
 
 
 def as_endpoint(endpoint, name: str) -> dict:
-    """Normalize `endpoint` to `{"params", "model_state"}`, rejecting other shapes."""
-    if not isinstance(endpoint, Mapping) or "params" not in endpoint:
+    """Normalize `endpoint` to `{"params", "model_state"}`: it may be that form, flax
+    variables `{"params", "batch_stats"}`, or raw params (a dict without "params")."""
+    if not isinstance(endpoint, Mapping):
         raise UserError(
-            f"endpoint {name} must be a dict with 'params' (and optionally 'model_state'), "
-            f"got {type(endpoint).__name__}"
-            + (f" with keys {sorted(endpoint)}" if isinstance(endpoint, Mapping) else "")
+            f"endpoint {name} must be a dict (params, {{'params', 'model_state'}} or flax "
+            f"variables), got {type(endpoint).__name__}"
         )
-    extra = set(endpoint) - {"params", "model_state"}
-    if extra:
-        raise UserError(f"endpoint {name} has unexpected keys {sorted(extra)}")
-    return {"params": endpoint["params"], "model_state": endpoint.get("model_state") or {}}
+    if "params" not in endpoint:
+        return {"params": endpoint, "model_state": {}}
+    extra = set(endpoint) - {"params", "model_state", "batch_stats"}
+    if extra or {"model_state", "batch_stats"} <= set(endpoint):
+        raise UserError(
+            f"endpoint {name} has keys {sorted(endpoint)}; give {{'params', 'model_state'}}, "
+            "flax variables {'params', 'batch_stats'}, or the params alone"
+        )
+    state = endpoint.get("model_state") or endpoint.get("batch_stats") or {}
+    return {"params": endpoint["params"], "model_state": state}
 
 
 def check_pair(a: dict, b: dict) -> None:

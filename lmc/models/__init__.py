@@ -12,6 +12,7 @@ none) are plain nested dicts. Flax stays inside this package.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -30,11 +31,18 @@ MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet20", "transformer")
 
 @dataclasses.dataclass(frozen=True)
 class Model:
+    """A flax.linen module behind lmc's pure interface. `takes_train`: whether the
+    module's `__call__` has a `train` argument (lmc's models do; a user's may not)."""
+
     name: str
     module: nn.Module
+    takes_train: bool = True
+
+    def _kwargs(self, train: bool) -> dict:
+        return {"train": train} if self.takes_train else {}
 
     def init(self, key: jax.Array, example_x) -> tuple[dict, dict]:
-        variables = self.module.init(key, example_x, train=False)
+        variables = self.module.init(key, example_x, **self._kwargs(False))
         params = _to_dict(variables["params"])
         state = _to_dict(variables.get("batch_stats", {}))
         return params, state
@@ -44,9 +52,40 @@ class Model:
         if model_state:
             variables["batch_stats"] = model_state
         if train and model_state:
-            logits, updates = self.module.apply(variables, x, train=True, mutable=["batch_stats"])
+            logits, updates = self.module.apply(
+                variables, x, **self._kwargs(True), mutable=["batch_stats"]
+            )
             return logits, _to_dict(updates["batch_stats"])
-        return self.module.apply(variables, x, train=train), model_state
+        return self.module.apply(variables, x, **self._kwargs(train)), model_state
+
+
+def as_model(model) -> Model:
+    """One calling convention for every model lmc accepts: an `lmc.models.Model`, or a
+    user's `flax.linen.Module` (with or without a `train` argument; BatchNorm running
+    statistics in the `batch_stats` collection)."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, nn.Module):
+        takes_train = "train" in inspect.signature(type(model).__call__).parameters
+        return Model(type(model).__name__, model, takes_train)
+    raise UserError(
+        f"expected an lmc.models.Model or a flax.linen.Module, got {type(model).__name__}; "
+        "for a plain function apply_fn(params, x) use align.spec_from_function, and pass "
+        "evaluate functions apply_fn(params, model_state, x, train)"
+    )
+
+
+def as_tree(tree) -> dict:
+    """`{"params", "model_state"}` from any of the trees lmc accepts: that form itself,
+    flax variables `{"params", "batch_stats"}`, or raw params (no running statistics)."""
+    if isinstance(tree, dict) and "params" in tree and set(tree) <= {"params", "model_state"}:
+        return {"params": tree["params"], "model_state": tree.get("model_state") or {}}
+    if isinstance(tree, dict) and "params" in tree and set(tree) <= {"params", "batch_stats"}:
+        return {
+            "params": _to_dict(tree["params"]),
+            "model_state": _to_dict(tree.get("batch_stats") or {}),
+        }
+    return {"params": tree, "model_state": {}}
 
 
 def _to_dict(tree: Any) -> Any:
@@ -106,4 +145,4 @@ def from_config(model_config, num_classes: int) -> Model:
     )
 
 
-__all__ = ["Model", "build", "from_config", "MODELS"]
+__all__ = ["Model", "as_model", "as_tree", "build", "from_config", "MODELS"]
