@@ -36,11 +36,7 @@ def spawn_steps(config) -> list[int]:
 
 
 def num_pairs(config) -> int:
-    n = int(config.instability.num_pairs)
-    if n < 1:
-        raise UserError(f"config.instability.num_pairs must be >= 1, got {n}")
-    training.check_num_children(config, 2 * n, f"config.instability.num_pairs={n}")
-    return n
+    return setup.num_pairs(config, "instability")
 
 
 def validate(config) -> None:

@@ -77,3 +77,14 @@ def finite_or_raise(tree, what: str) -> None:
                 f"{what}: parameter {jax.tree_util.keystr(path)} holds NaN/Inf; "
                 "the run diverged, retrain with a lower learning rate"
             )
+
+
+def num_pairs(config, group: str) -> int:
+    """`config.<group>.num_pairs`, checked: >= 1 and two child seeds per pair."""
+    from lmc import training
+
+    n = int(config[group].num_pairs)
+    if n < 1:
+        raise UserError(f"config.{group}.num_pairs must be >= 1, got {n}")
+    training.check_num_children(config, 2 * n, f"config.{group}.num_pairs={n}")
+    return n

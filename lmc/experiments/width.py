@@ -38,11 +38,7 @@ def scaled(config, multiplier: float):
 
 
 def num_pairs(config) -> int:
-    n = int(config.width.num_pairs)
-    if n < 1:
-        raise UserError(f"config.width.num_pairs must be >= 1, got {n}")
-    training.check_num_children(config, 2 * n, f"config.width.num_pairs={n}")
-    return n
+    return setup.num_pairs(config, "width")
 
 
 def validate(config) -> None:
