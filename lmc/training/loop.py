@@ -36,6 +36,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +156,8 @@ class _Loop:
             state = init_state(self.model, self.optimizer, m.seeds.init, m.dataset.train_x[:1])
             states.append(continue_from(state, m.start_state) if m.start_state else state)
         if self.population:
+            # Stacking needs one tree structure, shape and dtype for every member.
+            chex.assert_trees_all_equal_shapes_and_dtypes(*states)
             steps = {int(s["step"]) for s in states}
             if len(steps) != 1:
                 raise UserError(f"population members start at different steps {sorted(steps)}")
