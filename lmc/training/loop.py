@@ -157,7 +157,8 @@ class _Loop:
             states.append(continue_from(state, m.start_state) if m.start_state else state)
         if self.population:
             # Stacking needs one tree structure, shape and dtype for every member.
-            chex.assert_trees_all_equal_shapes_and_dtypes(*states)
+            if len(states) > 1:
+                chex.assert_trees_all_equal_shapes_and_dtypes(*states)
             steps = {int(s["step"]) for s in states}
             if len(steps) != 1:
                 raise UserError(f"population members start at different steps {sorted(steps)}")
