@@ -163,6 +163,22 @@ class Checkpointer:
         self.manager.close()
 
 
+# Orbax's marker of a finished step on object stores (which have no rename to make a
+# temp directory final); a step directory without it is an unfinished save.
+COMMIT_MARKER = "commit_success.txt"
+
+
+def committed_steps(directory: io.PathLike) -> list[int]:
+    """The finished steps in a checkpoint directory, without opening a CheckpointManager
+    (cheap enough for "has this run started?"). Locally an unfinished save is a temp
+    directory that is not named by its step; on gs:// a step directory counts once
+    Orbax wrote its commit marker."""
+    steps = [int(name) for name in io.listdir(directory) if name.isdigit()]
+    if io.scheme(directory) == "gs":
+        steps = [s for s in steps if io.exists(io.path(directory) / str(s) / COMMIT_MARKER)]
+    return sorted(steps)
+
+
 def state_digest(state) -> str | None:
     """sha256 over every leaf's dtype, shape and bytes in tree order; None when some
     array is not fully addressable from this process (multi-host sharded state).

@@ -4,7 +4,7 @@ Every experiment is a module with
 
     validate(config) -> None                  # everything checkable before training
     run(config, workdir) -> dict              # the experiment's part of results.json
-    plot(results, workdir) -> list[Path]      # its figures, from results.json alone
+    plot(results, workdir) -> list[path]      # its figures, from results.json alone
     table(runs: [(name, results)]) -> str     # its Markdown table (`lmc report`)
 
 and works for every model family and data kind (images or text). `run_experiment`
@@ -18,12 +18,12 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from pathlib import Path
 from types import ModuleType
 
+from lmc import io
 from lmc.errors import UserError, choose
 from lmc.experiments import workdir as workdir_lib
-from lmc.io import is_writer, write_json_atomic
+from lmc.io.lock import workdir_lock
 from lmc.provenance import config_to_dict, provenance
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,21 @@ def validate(config) -> None:
 
 
 def run_experiment(
-    config, workdir: str | Path, *, overwrite: bool = False, config_file: str | None = None
+    config, workdir: io.PathLike, *, overwrite: bool = False, config_file: str | None = None
 ) -> dict:
+    """Run the config's experiment in `workdir` (a local path or a URL) and write its
+    results.json. One run per workdir: process 0 holds the workdir's lock throughout
+    (`lmc.io.lock`), so a second run there is refused naming the holder."""
     module = module_for(config.experiment)
     config_dict = config_to_dict(config)
     module.validate(config)
-    workdir = workdir_lib.prepare(Path(workdir), config_dict, overwrite)
+    workdir = io.path(workdir)
+    with workdir_lock(workdir):
+        return _run_locked(module, config, config_dict, workdir, overwrite, config_file)
+
+
+def _run_locked(module, config, config_dict, workdir, overwrite, config_file) -> dict:
+    workdir = workdir_lib.prepare(workdir, config_dict, overwrite)
     t0 = time.perf_counter()
     body = module.run(config, workdir)
     results = {
@@ -72,13 +81,13 @@ def run_experiment(
     }
     if config_file:
         results["provenance"]["config_file"] = config_file
-    if is_writer():
-        write_json_atomic(workdir / workdir_lib.RESULTS_FILE, results)
+    if io.is_writer():
+        io.write_json_atomic(workdir / workdir_lib.RESULTS_FILE, results)
         plot(results, workdir)
     return results
 
 
-def plot(results: dict, workdir: Path) -> list[Path]:
+def plot(results: dict, workdir: io.PathLike) -> list:
     """The experiment's figures; a failed plot is a warning, never a lost result."""
     try:
         return module_for(results["experiment"]).plot(results, workdir)

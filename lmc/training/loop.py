@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc import preemption
+from lmc import io, preemption
 from lmc import sharding as sharding_lib
 from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset
@@ -100,8 +100,8 @@ def train(
     """Train (or resume) one network in `run_dir` up to `stop_step` (default: the end).
 
     Returns the final state on this process's first local device, as plain arrays."""
-    member = Member(Path(run_dir), seeds, dataset, name, start_state)
-    loop = _Loop(model, config, [member], Path(run_dir), population=False)
+    member = Member(io.path(run_dir), seeds, dataset, name, start_state)
+    loop = _Loop(model, config, [member], io.path(run_dir), population=False)
     return loop.run(stop_step, keep_steps)[0]
 
 
@@ -118,7 +118,7 @@ def train_population(
             "config.spawn.population trains on one device of one process; set it to False "
             "for multi-process runs"
         )
-    loop = _Loop(model, config, list(members), Path(run_dir), population=True, name=name)
+    loop = _Loop(model, config, list(members), io.path(run_dir), population=True, name=name)
     states = loop.run(None, ())
     final = int(states[0]["step"])
     for member, state in zip(members, states, strict=True):
@@ -176,9 +176,9 @@ class _Loop:
     # ---- the loop ----------------------------------------------------------------
     def run(self, stop_step, keep_steps) -> list[dict]:
         stop_step = self.num_steps if stop_step is None else int(stop_step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        io.makedirs(self.run_dir)
         for m in self.members:
-            m.run_dir.mkdir(parents=True, exist_ok=True)
+            io.makedirs(m.run_dir)
         template, shardings = self._template()
         checkpointer = Checkpointer(
             self.run_dir / "checkpoints",
@@ -208,12 +208,15 @@ class _Loop:
                     population=self.population,
                 )  # fmt: skip
                 state = self._steps(train_step, state, step, stop_step, checkpointer, writers)
+                _flush(writers)
                 checkpointer.save(stop_step, state, force=True)
             if self.population:
                 return unstack(jax.device_get(state), len(self.members))
             return [sharding_lib.to_local(state)]
         finally:
             checkpointer.close()
+            for writer in writers:
+                writer.close()
 
     def _augments(self) -> bool:
         return bool(self.members[0].dataset.augmentable and self.config.data.augment)
@@ -263,6 +266,7 @@ class _Loop:
                 if preemption.requested(step) and step < stop_step:
                     self._check_finite(state)
                     if step not in checkpointer.steps():
+                        _flush(writers)
                         checkpointer.save(step, state, force=True)
                     raise preemption.Preempted(step, self.name)
                 will_save = checkpointer.manager.should_save(step) and step < stop_step
@@ -274,6 +278,7 @@ class _Loop:
                         record["wall_s"] = round(time.perf_counter() - t0, 3)
                         writer.write(record)
                     if will_save:
+                        _flush(writers)
                         checkpointer.save(step, state)
                 progress.update(step)
         finally:
@@ -323,3 +328,10 @@ class _Loop:
                     "The last good checkpoint is kept; lower the learning rate or add warmup "
                     "and rerun."
                 )
+
+
+def _flush(writers) -> None:
+    """Metrics lines up to a checkpoint must be durable before it is: a resumed run keeps
+    the lines up to its checkpoint and rewrites the ones after (object stores buffer)."""
+    for writer in writers:
+        writer.flush()

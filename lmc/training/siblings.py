@@ -21,7 +21,8 @@ import logging
 import os
 from pathlib import Path
 
-from lmc.checkpoint import Checkpointer
+from lmc import io
+from lmc.checkpoint import Checkpointer, committed_steps
 from lmc.data import Dataset
 from lmc.errors import UserError, choose
 from lmc.models import Model
@@ -105,7 +106,7 @@ def train_parent(config, workdir: Path, model: Model, dataset: Dataset, spawn_st
         model=model,
         dataset=dataset,
         config=config,
-        run_dir=Path(workdir) / "parent",
+        run_dir=io.path(workdir) / "parent",
         seeds=parent_seeds(config),
         stop_step=spawn_steps[-1],
         keep_steps=spawn_steps,
@@ -117,7 +118,7 @@ def load_parent(config, workdir: Path, model: Model, dataset: Dataset, step: int
     """The parent's full train state at spawn step `step`."""
     optimizer = make_optimizer_for(config, total_steps(config, dataset))
     template = init_state(model, optimizer, parent_seeds(config).init, dataset.train_x[:1])
-    directory = Path(workdir) / "parent" / "checkpoints"
+    directory = io.path(workdir) / "parent" / "checkpoints"
     ckpt = Checkpointer(directory, every_steps=1)
     try:
         if step not in ckpt.steps():
@@ -138,7 +139,7 @@ def train_children(
     With `config.spawn.population`, the unfinished children of each spawn step train
     together as one vmapped population first; afterwards every child is an ordinary
     finished run, so reruns and the sequential path read it back unchanged."""
-    workdir = Path(workdir)
+    workdir = io.path(workdir)
     if config.spawn.population:
         _train_populations(config, workdir, model, dataset, children)
     states = []
@@ -162,7 +163,7 @@ def train_children(
 
 def _train_populations(config, workdir, model, dataset, children: list[Child]) -> None:
     final = total_steps(config, dataset)
-    todo = [c for c in children if not (c.run_dir / "checkpoints" / str(final)).is_dir()]
+    todo = [c for c in children if final not in committed_steps(c.run_dir / "checkpoints")]
     groups: dict = {}
     for child in todo:  # one population per spawn step and group directory
         groups.setdefault((child.spawn_step, child.run_dir.parent), []).append(child)
@@ -195,12 +196,11 @@ def _train_populations(config, workdir, model, dataset, children: list[Child]) -
 
 
 def _name(workdir: Path, run_dir: Path) -> str:
-    return os.path.relpath(run_dir, workdir)
+    return os.path.relpath(os.fspath(run_dir), os.fspath(workdir))
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    ckpt_dir = run_dir / "checkpoints"
-    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    return bool(committed_steps(run_dir / "checkpoints"))
 
 
 def siblings(
@@ -208,8 +208,8 @@ def siblings(
 ) -> list[dict]:
     """Endpoints of children `indices` as the config describes them: spawned from the
     parent's step `config.spawn.step` (trained here if needed) or independent inits."""
-    workdir = Path(workdir)
-    group_dir = workdir if group_dir is None else group_dir
+    workdir = io.path(workdir)
+    group_dir = workdir if group_dir is None else io.path(group_dir)
     k = int(config.spawn.step) if is_spawned(config) else None
     if k is not None:
         train_parent(config, workdir, model, dataset, [k])
