@@ -50,6 +50,9 @@ def module_for(name: str) -> ModuleType:
 def validate(config) -> None:
     """Check everything that can be checked without training, so a typo does not
     surface after an hour of compute."""
+    from lmc.training.loop import validate_loop_settings
+
+    validate_loop_settings(config)
     module_for(config.experiment).validate(config)
 
 
@@ -61,7 +64,7 @@ def run_experiment(
     (`lmc.io.lock`), so a second run there is refused naming the holder."""
     module = module_for(config.experiment)
     config_dict = config_to_dict(config)
-    module.validate(config)
+    validate(config)
     workdir = io.path(workdir)
     with workdir_lock(workdir):
         return _run_locked(module, config, config_dict, workdir, overwrite, config_file)

@@ -53,6 +53,8 @@ def read_saved_config(path) -> dict | None:
             return None
         except NotADirectoryError:
             return None  # the workdir is below a file: makedirs says so
+        except IsADirectoryError:
+            raise UserError(_corrupt(path, "it is a directory, not a file")) from None
         except (ValueError, UnicodeDecodeError) as e:
             raise UserError(_corrupt(path, f"it is not valid JSON ({e})")) from None
     if not isinstance(saved, dict):

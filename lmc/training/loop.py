@@ -335,3 +335,29 @@ def _flush(writers) -> None:
     the lines up to its checkpoint and rewrites the ones after (object stores buffer)."""
     for writer in writers:
         writer.flush()
+
+
+# (key, smallest valid value, what 0 means where 0 is valid). A zero or negative value
+# is never replaced by a default: it is either documented (0 below) or refused.
+_LOOP_SETTINGS = (
+    ("log_every_steps", 1, None),
+    ("eval_every_steps", 0, "only at the end"),
+    ("checkpoint.every_steps", 0, "only the spawn step(s) and the end"),
+    ("checkpoint.max_to_keep", 1, None),
+    ("eval.batch_size", 1, None),
+)
+
+
+def validate_loop_settings(config) -> None:
+    """The loop's cadences and sizes, checked before anything runs (a negative
+    `eval_every_steps` would evaluate at every step, a zero `log_every_steps` fail at
+    the first one)."""
+    for key, smallest, zero_means in _LOOP_SETTINGS:
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, int) or node < smallest:
+            allowed = f">= {smallest}" + (f" (0: {zero_means})" if zero_means else "")
+            raise UserError(f"config.{key} must be an integer {allowed}, got {node!r}")
