@@ -210,12 +210,17 @@ def committed_steps(directory: io.PathLike) -> list[int]:
 
 
 def _no_space(directory, step: int, intact: list[int]) -> str:
-    kept = f"steps {', '.join(map(str, intact))} are intact" if intact else "nothing was kept"
+    if intact:
+        plural = len(intact) > 1
+        steps, verb = ("steps", "are") if plural else ("step", "is")
+        kept = f"the earlier {steps} {', '.join(map(str, intact))} {verb} intact"
+    else:
+        kept = "there is no earlier checkpoint"
     return (
         f"No space left on the device holding {directory} while saving checkpoint step "
-        f"{step}; the unfinished step was removed and the earlier checkpoints ({kept}) are "
-        "untouched. Free space there (or raise the quota), or use a --workdir on a disk "
-        "with room, then rerun the same command: it resumes from the newest checkpoint."
+        f"{step}; the unfinished step was removed and {kept}. Free space there (or raise "
+        "the quota), or use a --workdir on a disk with room, then rerun the same command: "
+        "it resumes from the newest checkpoint."
     )
 
 
