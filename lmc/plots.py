@@ -15,6 +15,7 @@ from __future__ import annotations
 import io as stdio
 import math
 import os
+from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -222,4 +223,4 @@ def _save(fig: Figure, path):
     buf = stdio.BytesIO()
     fig.savefig(buf, format=os.path.splitext(path.name)[1].lstrip(".") or "png", dpi=_DPI)
     io.write_bytes_atomic(path, buf.getvalue(), any_process=True)
-    return path
+    return path if io.is_remote(path) else Path(path)

@@ -68,7 +68,7 @@ def test_second_process_is_refused(workroot):
     with workdir_lock(workroot, writer=True):
         r = _child(workroot, "release")
     assert r.returncode == 2, r.stderr
-    assert f"pid {os.getpid()}" in r.stderr and "Another run is using the workdir" in r.stderr
+    assert f"pid {os.getpid()}" in r.stderr and "another `lmc run` is running on" in r.stderr
     r = _child(workroot, "release")  # released: the other process gets it
     assert r.returncode == 0, r.stderr
 

@@ -216,7 +216,7 @@ def _describe(record: dict | None) -> str:
 
 def _refuse(lock: Lock, holder: dict) -> UserError:
     workdir = lock.path.rsplit("/", 1)[0]
-    command = lock.record.get("command", "lmc run")
+    command = (holder or {}).get("command", "lmc run")
     return UserError(
         f"another `{command}` is running on {workdir}: {_describe(holder)}. Wait for it to "
         f"finish or stop it, or use another --workdir. If that run is dead (its host is "
