@@ -5,7 +5,7 @@
 #   launch/tpu_pod.sh [--dry-run] --tpu=NAME --zone=ZONE [--project=PROJECT]
 #                     [--remote_dir=lmc] [--no-copy] [--no-install] -- CMD...
 #   launch/tpu_pod.sh --tpu=my-v4-32 --zone=us-central2-b -- \
-#       lmc run --config=configs/resnet20_cifar10.py --workdir=/mnt/shared/runs/r20
+#       lmc run --config=configs/resnet20_cifar10.py --workdir=gs://my-bucket/runs/r20
 #
 # 1. copy: this checkout (without .git and runs/) is packed and copied to ~/REMOTE_DIR
 #    on all workers (gcloud ... scp --worker=all);
@@ -13,13 +13,17 @@
 # 3. run: CMD on --worker=all, with LMC_DISTRIBUTED=1 (lmc calls
 #    jax.distributed.initialize(), which reads the slice's topology) and LMC_PROCESS_ID
 #    set to the worker number (so only worker 0 of an `lmc sweep` takes its lock).
-# --workdir must be storage every worker sees (NFS, Filestore, a GCS FUSE mount):
-# checkpoints are written collectively, each worker its own shards.
+# --workdir must be storage every worker sees. Use a bucket (gs://BUCKET/DIR): nothing
+# is mounted; `.[tpu]` installs gcsfs, and each worker needs credentials that may create
+# and delete objects in the bucket (a TPU VM's service account, e.g. with
+# roles/storage.objectUser; check with `gcloud storage ls gs://BUCKET` on a worker).
+# A shared filesystem (NFS, Filestore) works too. Checkpoints are written collectively,
+# each worker its own shards; worker 0 writes results, metrics, plots and the lock.
 # --dry-run prints the exact gcloud commands instead of running them.
 set -euo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 

@@ -18,6 +18,8 @@ processes restores in a 1-process run and vice versa.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 from collections.abc import Sequence
 
@@ -27,6 +29,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from lmc import io
+from lmc.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,22 @@ class Checkpointer:
             wait_for_cleanup()
 
     def save(self, step: int, state, force: bool = False) -> bool:
-        saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
-        self.manager.wait_until_finished()
+        try:
+            saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+            self.manager.wait_until_finished()
+        except Exception as e:
+            # Orbax raises OSError from its own file writes; tensorstore (the array data)
+            # raises ValueError with the OS message.
+            no_space = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            if not (no_space or "No space left on device" in str(e)):
+                message = isinstance(e, OSError) and io.describe_os_error(
+                    e, self.directory, f"saving checkpoint step {step}"
+                )
+                if message:
+                    raise UserError(message) from e
+                raise
+            self._remove_unfinished(int(step))
+            raise UserError(_no_space(self.directory, int(step), self.steps())) from e
         if saved:
             self._write_digest(int(step), state)
         return bool(saved)
@@ -99,6 +116,19 @@ class Checkpointer:
         actual = state_digest(state)
         if actual is not None and actual != expected:
             raise ValueError(f"content digest mismatch ({actual[:12]} != {expected[:12]})")
+
+    def _remove_unfinished(self, step: int) -> None:
+        """What a failed save of `step` left (Orbax would remove it at the next start):
+        nothing half-written stays behind."""
+        if jax.process_index() != 0:
+            return
+        for name in io.listdir(self.directory):
+            unfinished = name.startswith(f"{step}.orbax-checkpoint-tmp") or (
+                name == str(step) and step not in committed_steps(self.directory)
+            )
+            if unfinished:
+                with contextlib.suppress(OSError, UserError):
+                    io.remove_tree(self.directory / name)
 
     def steps(self) -> list[int]:
         self.manager.reload()
@@ -161,6 +191,37 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# Orbax's marker of a finished step on object stores (which have no rename to make a
+# temp directory final); a step directory without it is an unfinished save.
+COMMIT_MARKER = "commit_success.txt"
+
+
+def committed_steps(directory: io.PathLike) -> list[int]:
+    """The finished steps in a checkpoint directory, without opening a CheckpointManager
+    (cheap enough for "has this run started?"). Locally an unfinished save is a temp
+    directory that is not named by its step; on gs:// a step directory counts once
+    Orbax wrote its commit marker."""
+    steps = [int(name) for name in io.listdir(directory) if name.isdigit()]
+    if io.scheme(directory) == "gs":
+        steps = [s for s in steps if io.exists(io.path(directory) / str(s) / COMMIT_MARKER)]
+    return sorted(steps)
+
+
+def _no_space(directory, step: int, intact: list[int]) -> str:
+    if intact:
+        plural = len(intact) > 1
+        steps, verb = ("steps", "are") if plural else ("step", "is")
+        kept = f"the earlier {steps} {', '.join(map(str, intact))} {verb} intact"
+    else:
+        kept = "there is no earlier checkpoint"
+    return (
+        f"No space left on the device holding {directory} while saving checkpoint step "
+        f"{step}; the unfinished step was removed and {kept}. Free space there (or raise "
+        "the quota), or use a --workdir on a disk with room, then rerun the same command: "
+        "it resumes from the newest checkpoint."
+    )
 
 
 def state_digest(state) -> str | None:

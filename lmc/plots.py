@@ -6,12 +6,13 @@
 Only the dict is read (no model, no data), so any results.json, old or copied from
 a cluster, can be re-plotted. Figures are built on `matplotlib.figure.Figure`
 (the Agg canvas, no pyplot global state: safe in threads and on headless
-machines) and written to a temporary file that is renamed into place, so a
-reader never sees half a PNG.
+machines), drawn into memory and written atomically through `lmc.io` (temp file
+and rename locally, one object upload on gs://), so a reader never sees half a PNG.
 """
 
 from __future__ import annotations
 
+import io as stdio
 import math
 import os
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
+
+from lmc import io
 
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 _GRID = (("train_loss", "train_error"), ("test_loss", "test_error"))  # rows x cols
@@ -31,7 +34,7 @@ _LABELS = {
 _DPI = 120
 
 
-def plot_curves(results: dict, path) -> Path:
+def plot_curves(results: dict, path):
     """2x2 figure (train/test x loss/error vs alpha), one line per method.
 
     The legend gives each method's barriers (loss / error, train and test), as
@@ -77,7 +80,7 @@ def _barrier_summary(entry: dict) -> str:
     return ", ".join(parts) if parts else "n/a"
 
 
-def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier") -> Path:
+def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier"):
     """Barrier mean ± std (over pairs) versus the swept value, one line per method.
 
     Reads `results["points"]`: entries `{x_key: value, "methods": {name:
@@ -131,7 +134,7 @@ def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier") -> Path:
     return _save(fig, path)
 
 
-def plot_merge(results: dict, path) -> Path:
+def plot_merge(results: dict, path):
     """merge_many: test loss and error of every model, their plain average and the
     MergeMany merge, as bars (the merge should sit near the models, the naive average
     far above them)."""
@@ -215,13 +218,9 @@ def _colors(names: list[str]) -> dict[str, str]:
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
-def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=_DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def _save(fig: Figure, path):
+    path = io.path(path)
+    buf = stdio.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(path.name)[1].lstrip(".") or "png", dpi=_DPI)
+    io.write_bytes_atomic(path, buf.getvalue(), any_process=True)
+    return path if io.is_remote(path) else Path(path)

@@ -6,24 +6,29 @@ sub-directories hold them); several DIRs are compared in one table per experimen
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from lmc import io
 from lmc.errors import UserError
 
 
-def find_results(directory: str | Path) -> list[tuple[str, dict]]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"lmc report: {directory} is not a directory")
-    direct = directory / "results.json"
-    paths = [direct] if direct.exists() else sorted(directory.glob("*/results.json"))
-    found = []
-    for path in paths:
-        try:
-            found.append((str(path.parent), json.loads(path.read_text())))
-        except ValueError as e:
-            raise UserError(f"lmc report: {path} is not valid JSON ({e})") from None
+def find_results(directory: io.PathLike) -> list[tuple[str, dict]]:
+    """(run dir, results) for the run in `directory` or in each of its sub-directories;
+    local paths and URLs (gs://...) alike."""
+    directory = io.path(directory)
+    with io.os_errors(directory, "reading it"):
+        if not io.is_dir(directory):
+            raise UserError(f"lmc report: {directory} is not a directory")
+        direct = directory / "results.json"
+        if io.exists(direct):
+            paths = [direct]
+        else:
+            subdirs = [directory / name for name in io.listdir(directory)]
+            paths = [d / "results.json" for d in subdirs if io.exists(d / "results.json")]
+        found = []
+        for path in paths:
+            try:
+                found.append((str(path.parent), io.read_json(path)))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise UserError(f"lmc report: {path} is not valid JSON ({e})") from None
     return found
 
 

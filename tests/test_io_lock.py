@@ -4,6 +4,7 @@ dead holder's lock and an expired lease are taken over with a warning; a live ho
 heartbeat keeps its lease."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -68,9 +69,20 @@ def test_second_process_is_refused(workroot):
     with workdir_lock(workroot, writer=True):
         r = _child(workroot, "release")
     assert r.returncode == 2, r.stderr
-    assert f"pid {os.getpid()}" in r.stderr and "Another run is using the workdir" in r.stderr
+    assert f"pid {os.getpid()}" in r.stderr and "another `lmc run` is running on" in r.stderr
     r = _child(workroot, "release")  # released: the other process gets it
     assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(autouse=True)
+def _lmc_logs_reach_caplog():
+    """An in-process `lmc run` earlier in this worker stops lmc's logs at the "lmc"
+    logger (lmc.cli.flags.quiet_libraries); caplog listens at the root. (Not through
+    monkeypatch: some tests here call monkeypatch.undo().)"""
+    logger = logging.getLogger("lmc")
+    saved, logger.propagate = logger.propagate, True
+    yield
+    logger.propagate = saved
 
 
 def test_lock_of_a_dead_process_is_taken_over(workroot, caplog):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from absl import flags
@@ -99,13 +101,64 @@ def parse(argv: list[str], define) -> flags.FlagValues:
         define(fv, argv)
         rest = fv(argv)
     except flags.Error as e:
+        # config_flags reports a config file that raised as a flag error whose text is
+        # the traceback; say which line of the file raised what instead.
+        if "Error whilst parsing config file" in str(e):
+            raise UserError(_config_file_error(argv, str(e))) from None
         raise UserError(f"{e}\n\n{USAGE}") from None
-    except (KeyError, AttributeError, ValueError, TypeError) as e:
-        # config_flags raises these for unknown --config.x keys or values of the wrong type.
-        raise UserError(_override_error(e, argv)) from None
+    except Exception as e:
+        # Running the config file (import, get_config) is user code: anything it raises
+        # is the file's problem, reported with the line that raised it.
+        if _raised_in_config_file(e, argv):
+            text = "".join(traceback.format_exception(e))
+            raise UserError(_config_file_error(argv, text)) from None
+        if isinstance(e, (KeyError, AttributeError, ValueError, TypeError)):
+            # config_flags raises these for unknown --config.x keys or wrong-type values.
+            raise UserError(_override_error(e, argv)) from None
+        raise
     if len(rest) > 1:
         raise UserError(f"unexpected arguments {rest[1:]}\n\n{USAGE}")
     return fv
+
+
+def _config_arg(argv: list[str]) -> str:
+    """The --config value on the command line (the default config file if none)."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith(("--config=", "-config=")):
+            value = a.split("=", 1)[1]
+        elif a in ("--config", "-config") and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value or default_config_path()
+
+
+def _raised_in_config_file(error: Exception, argv: list[str]) -> bool:
+    config_file = os.path.abspath(_config_arg(argv).split(":", 1)[0])
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(os.path.abspath(f.filename) == config_file for f in frames)
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _config_file_error(argv: list[str], text: str) -> str:
+    """One paragraph for a config file that raised on import or in get_config(arg):
+    the file and line that raised, the exception, and what to do."""
+    config_arg = _config_arg(argv)
+    path, _, arg = config_arg.partition(":")
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    raised = lines[-1].strip() if lines else "an error"
+    frames = _FRAME.findall(text)
+    own = [f for f in frames if os.path.abspath(f[0]) == os.path.abspath(path)]
+    where = f"{own[-1][0]}:{own[-1][1]} (in {own[-1][2]})" if own else path
+    if arg:
+        hint = (
+            f"get_config received the argument {arg!r} (after ':'); see the file's docstring "
+            "for the arguments it takes."
+        )
+    else:
+        hint = "Fix the file, or pick another config (`ls configs/`)."
+    return f"cannot load --config={config_arg}: {where} raised {raised}. {hint}"
 
 
 def _override_error(error: Exception, argv: list[str]) -> str:

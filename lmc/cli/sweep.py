@@ -30,8 +30,6 @@ only process 0 takes the lock and writes sweep.json.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import importlib.util
 import inspect
@@ -41,7 +39,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,8 +46,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmc import io
 from lmc.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UserError
-from lmc.io import write_json_atomic
+from lmc.io.lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,7 @@ class Point:
     index: int
     name: str
     overrides: dict
-    workdir: Path
+    workdir: io.PathLike  # a local path or a URL (gs://...)
     args: list[str]  # everything after `lmc run`
     config_hash: str
     config: object = None  # the point's resolved ConfigDict
@@ -191,9 +189,9 @@ def forwarded_args(argv: list[str]) -> list[str]:
     return out
 
 
-def plan(config, config_file: str, workdir: str | Path, argv: list[str]) -> list[Point]:
+def plan(config, config_file: str, workdir: io.PathLike, argv: list[str]) -> list[Point]:
     """Every point, validated: keys exist and each command line yields its config."""
-    workdir = Path(workdir)
+    workdir = io.path(workdir)
     base = forwarded_args(argv)
     raw = load_sweep(config_file)
     keys = {k for overrides in raw for k in overrides}
@@ -278,12 +276,12 @@ def point_state(point: Point) -> str:
     saved = _read_json(point.workdir / CONFIG_FILE)
     if saved is not None:
         return "partial" if config_hash(saved) == point.config_hash else "other"
-    return "partial" if point.workdir.exists() else "new"
+    return "partial" if io.exists(point.workdir) else "new"
 
 
-def _read_json(path: Path):
+def _read_json(path):
     try:
-        return json.loads(path.read_text())
+        return io.read_json(path)
     except (OSError, ValueError):
         return None
 
@@ -294,14 +292,14 @@ def _read_json(path: Path):
 def run_sweep(
     config,
     config_file: str,
-    workdir: str | Path,
+    workdir: io.PathLike,
     *,
     argv: list[str],
     parallel: int = 1,
     print_only: bool = False,
 ) -> int:
     """`lmc sweep`: run (or with `print_only` print) every point; 0 when all are done."""
-    workdir = Path(workdir)
+    workdir = io.path(workdir)
     if parallel < 1:
         raise UserError(f"--parallel={parallel} must be at least 1")
     points = plan(config, config_file, workdir, argv)
@@ -324,7 +322,7 @@ def run_sweep(
             "same order, one at a time; drop --parallel"
         )
     overwrite = any(a.lstrip("-").split("=")[0] == "overwrite" for a in forwarded)
-    workdir.mkdir(parents=True, exist_ok=True)
+    io.makedirs(workdir)
     with _lock(workdir) if main else contextlib.nullcontext():
         todo = []
         for p in ([stage] if stage else []) + points:
@@ -370,14 +368,15 @@ def run_sweep(
     return 1 if failed else 0
 
 
-def _execute(todo: list[Point], parallel: int, workdir: Path, summary, process: int) -> int:
+def _execute(todo: list[Point], parallel: int, workdir, summary, process: int) -> int:
     """Run the points, `parallel` at a time; returns the signal that stopped us, or 0."""
     main = process == 0
     suffix = f".p{process}" if process else ""  # processes of a multi-host sweep
     program = [sys.executable, "-m", "lmc.cli"]
     env = child_env(workdir)
-    log_dir = workdir / LOG_DIR
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = local_log_dir(workdir)
+    with io.os_errors(log_dir, "creating the log directory"):
+        log_dir.mkdir(parents=True, exist_ok=True)
     pending, running = list(todo), []
     stop = {"signal": 0}
 
@@ -413,14 +412,16 @@ def _execute(todo: list[Point], parallel: int, workdir: Path, summary, process: 
                 p.returncode, p.wall_s = rc, round(time.perf_counter() - t0, 1)
                 p.status = {0: "done", EXIT_PREEMPTED: "preempted",
                             EXIT_INTERRUPTED: "interrupted"}.get(rc, "failed")  # fmt: skip
+                _copy_log(log_path, workdir)
                 msg = f"sweep: [{p.index + 1}] {p.status} {p.name} in {p.wall_s:.1f}s"
                 if rc != 0:
                     msg += f" (exit {rc}); last lines of {log_path}:\n" + _tail(log_path)
                 _say(msg, main)
                 summary.write()
     finally:
-        for p, proc, t0, _ in running:
+        for p, proc, t0, log_path in running:
             _stop(proc)
+            _copy_log(log_path, workdir)
             p.status, p.returncode = "interrupted", proc.returncode
             p.wall_s = round(time.perf_counter() - t0, 1)
         for s, handler in old.items():
@@ -431,7 +432,28 @@ def _execute(todo: list[Point], parallel: int, workdir: Path, summary, process: 
     return stop["signal"]
 
 
-def child_env(workdir: Path) -> dict:
+def local_log_dir(workdir) -> Path:
+    """Where the points' logs go: the points' stdout must be local files, so for an
+    object-store workdir a local directory, copied to WORKDIR/logs/ as points finish."""
+    if not io.is_remote(workdir):
+        return Path(workdir) / LOG_DIR
+    import tempfile
+
+    tag = hashlib.sha256(str(workdir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"lmc-sweep-logs-{os.getuid()}" / tag
+
+
+def _copy_log(log_path: Path, workdir) -> None:
+    """An object-store workdir gets each point's log once the point has stopped."""
+    if io.is_remote(workdir):
+        try:
+            data = log_path.read_bytes()
+        except OSError:
+            return
+        io.write_bytes_atomic(io.path(workdir) / LOG_DIR / log_path.name, data, any_process=True)
+
+
+def child_env(workdir) -> dict:
     """The points' environment: ours. Each point is an `lmc run`, which uses the same
     persistent compilation cache as any run (lmc.compilation_cache: LMC_COMPILATION_CACHE,
     size cap, lock), so points share compiled programs and honour `=off`."""
@@ -484,7 +506,7 @@ def _say(message: str, main: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _aggregate(config, config_file: str, workdir: Path, points: list[Point]) -> None:
+def _aggregate(config, config_file: str, workdir, points: list[Point]) -> None:
     """DIR/results.json and the experiment's figure for the whole sweep, when the
     experiment can pool its runs (`aggregate`, e.g. instability: barrier vs k over every
     point's pairs). `lmc report DIR` then prints that one table."""
@@ -509,12 +531,12 @@ def _aggregate(config, config_file: str, workdir: Path, points: list[Point]) -> 
         "sweep": {"points": [p.name for p in points]},
         **module.aggregate(runs),
     }  # fmt: skip
-    write_json_atomic(workdir / "results.json", results, any_process=True)
+    io.write_json_atomic(workdir / "results.json", results, any_process=True)
     figures = module.plot(results, workdir)
     _say(f"sweep: wrote {workdir / 'results.json'}" + "".join(f", {f}" for f in figures), True)
 
 
-def _print_report(workdir: Path) -> None:
+def _print_report(workdir) -> None:
     from lmc import experiments
     from lmc.report import find_results
 
@@ -527,7 +549,7 @@ def _print_report(workdir: Path) -> None:
 class _Summary:
     """DIR/sweep.json, rewritten atomically whenever a point changes state."""
 
-    def __init__(self, workdir: Path, config_file: str, forwarded, points, enabled: bool):
+    def __init__(self, workdir, config_file: str, forwarded, points, enabled: bool):
         self.path = workdir / SUMMARY_FILE
         self.config_file, self.forwarded, self.points = config_file, forwarded, points
         self.enabled = enabled
@@ -538,7 +560,7 @@ class _Summary:
         counts: dict[str, int] = {}
         for p in self.points:
             counts[p.status] = counts.get(p.status, 0) + 1
-        write_json_atomic(
+        io.write_json_atomic(
             self.path,
             {
                 "schema_version": SCHEMA_VERSION,
@@ -564,27 +586,10 @@ class _Summary:
         )
 
 
-@contextlib.contextmanager
-def _lock(workdir: Path):
-    """Hold DIR/.sweep.lock (flock) for the sweep; refuse if another sweep holds it."""
-    path = workdir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise UserError(
-                f"another `lmc sweep` is running on {workdir} ({holder}); wait for it to "
-                "finish or stop it, then rerun (finished points are kept)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
+def _lock(workdir):
+    """Hold DIR/.sweep.lock for the sweep; refuse if another sweep holds it (each point's
+    `lmc run` holds its own point dir's lock besides)."""
+    return workdir_lock(workdir, writer=True, what="lmc sweep", name=LOCK_FILE)
 
 
 def _process_index(forwarded: list[str]) -> int:

@@ -4,7 +4,7 @@ Every experiment is a module with
 
     validate(config) -> None                  # everything checkable before training
     run(config, workdir, parent=None) -> dict # the experiment's part of results.json
-    plot(results, workdir) -> list[Path]      # its figures, from results.json alone
+    plot(results, workdir) -> list[path]      # its figures, from results.json alone
     table(runs: [(name, results)]) -> str     # its Markdown table (`lmc report`)
 
 and optionally `parent_steps(config)` (the parent checkpoints it spawns from: a sweep
@@ -22,12 +22,12 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from pathlib import Path
 from types import ModuleType
 
+from lmc import io
 from lmc.errors import UserError, choose
 from lmc.experiments import workdir as workdir_lib
-from lmc.io import is_writer, write_json_atomic
+from lmc.io.lock import workdir_lock
 from lmc.provenance import config_to_dict, provenance
 
 log = logging.getLogger(__name__)
@@ -55,19 +55,25 @@ def module_for(name: str) -> ModuleType:
 def validate(config) -> None:
     """Check everything that can be checked without training, so a typo does not
     surface after an hour of compute."""
+    from lmc.training.loop import validate_loop_settings
+
+    validate_loop_settings(config)
     module_for(config.experiment).validate(config)
 
 
 def run_experiment(
     config,
-    workdir: str | Path,
+    workdir: io.PathLike,
     *,
     overwrite: bool = False,
     config_file: str | None = None,
-    parent: str | Path | None = None,
+    parent: io.PathLike | None = None,
 ) -> dict:
-    """Validate, run, write results.json and plots. `parent`: the workdir of a shared
-    parent (`lmc run --parent=DIR`) to spawn from instead of training one."""
+    """Run the config's experiment in `workdir` (a local path or a URL) and write its
+    results.json. `parent`: the workdir of a shared parent (`lmc run --parent=DIR`) to
+    spawn from instead of training one. One run per workdir: process 0 holds the
+    workdir's lock throughout (`lmc.io.lock`), so a second run there is refused naming
+    the holder."""
     module = module_for(config.experiment)
     config_dict = config_to_dict(config)
     if parent is not None and not hasattr(module, "parent_steps"):
@@ -75,10 +81,17 @@ def run_experiment(
             f"--parent: the {config.experiment} experiment does not spawn from a shared parent "
             f"(those that do: {', '.join(n for n in EXPERIMENTS if _shares_parent(n))})"
         )
-    module.validate(config)
-    workdir = workdir_lib.prepare(Path(workdir), config_dict, overwrite)
+    validate(config)
+    workdir = io.path(workdir)
+    parent = io.path(parent) if parent is not None else None
+    with workdir_lock(workdir):
+        return _run_locked(module, config, config_dict, workdir, overwrite, config_file, parent)
+
+
+def _run_locked(module, config, config_dict, workdir, overwrite, config_file, parent) -> dict:
+    workdir = workdir_lib.prepare(workdir, config_dict, overwrite)
     t0 = time.perf_counter()
-    body = module.run(config, workdir, parent=Path(parent) if parent is not None else None)
+    body = module.run(config, workdir, parent=parent)
     results = {
         "schema_version": SCHEMA_VERSION,
         "complete": True,
@@ -91,8 +104,8 @@ def run_experiment(
         results["provenance"]["config_file"] = config_file
     if parent is not None:
         results["provenance"]["parent"] = str(parent)
-    if is_writer():
-        write_json_atomic(workdir / workdir_lib.RESULTS_FILE, results)
+    if io.is_writer():
+        io.write_json_atomic(workdir / workdir_lib.RESULTS_FILE, results)
         plot(results, workdir)
     return results
 
@@ -101,7 +114,7 @@ def _shares_parent(name: str) -> bool:
     return hasattr(module_for(name), "parent_steps")
 
 
-def plot(results: dict, workdir: Path) -> list[Path]:
+def plot(results: dict, workdir: io.PathLike) -> list:
     """The experiment's figures; a failed plot is a warning, never a lost result."""
     try:
         return module_for(results["experiment"]).plot(results, workdir)

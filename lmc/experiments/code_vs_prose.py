@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from lmc import evaluate, training
+from lmc import io as lmc_io
 from lmc.errors import UserError
 from lmc.evaluate import barriers
 from lmc.evaluate.metrics import domain_metrics
@@ -287,7 +288,7 @@ def table(runs: list[tuple[str, dict]]) -> str:
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:
-    path = Path(workdir) / PLOT_FILE
+    path = lmc_io.path(workdir) / PLOT_FILE
     plot_results(results, path)
     return [path]
 

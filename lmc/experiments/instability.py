@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lmc import plots, training
+from lmc import io, plots, training
 from lmc.errors import UserError
 from lmc.experiments import compare, setup, tables
 from lmc.experiments.methods import validate_methods
@@ -89,7 +89,7 @@ def aggregate(runs: list[tuple[str, dict]]) -> dict:
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:
-    return [plots.plot_sweep(results, Path(workdir) / "barrier_vs_k.png", SWEEP_KEY)]
+    return [plots.plot_sweep(results, io.path(workdir) / "barrier_vs_k.png", SWEEP_KEY)]
 
 
 def table(runs: list[tuple[str, dict]]) -> str:

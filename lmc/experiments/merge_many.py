@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmc import evaluate, training
+from lmc import evaluate, io, training
 from lmc.errors import UserError
 from lmc.evaluate.metrics import language_model_metrics
 from lmc.experiments import setup, tables
@@ -93,7 +93,7 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
 def plot(results: dict, workdir: Path) -> list[Path]:
     from lmc import plots
 
-    return [plots.plot_merge(results, Path(workdir) / "merge.png")]
+    return [plots.plot_merge(results, io.path(workdir) / "merge.png")]
 
 
 def table(runs: list[tuple[str, dict]]) -> str:

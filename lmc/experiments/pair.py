@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmc import plots, training
+from lmc import io, plots, training
 from lmc.experiments import compare, setup, tables
 from lmc.experiments.methods import validate_methods
 
@@ -43,7 +43,7 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:
-    return [plots.plot_curves(results, Path(workdir) / "curves.png")]
+    return [plots.plot_curves(results, io.path(workdir) / "curves.png")]
 
 
 def table(runs: list[tuple[str, dict]]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from lmc import plots, training
+from lmc import io, plots, training
 from lmc.errors import UserError
 from lmc.experiments import compare, setup, tables
 from lmc.experiments.methods import validate_methods
@@ -65,7 +65,7 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
     for m in multipliers(config):
         c = scaled(config, m)
         model = setup.load_model(c, dataset)
-        wdir = Path(workdir) / f"width{m:g}"
+        wdir = io.path(workdir) / f"width{m:g}"
         ends = training.siblings(c, wdir, model, dataset, range(2 * num_pairs(c)))
         pairs = [compare.compare_pair(c, model, dataset, *ends[2 * j : 2 * j + 2])
                  for j in range(len(ends) // 2)]  # fmt: skip
@@ -86,7 +86,7 @@ def aggregate(runs: list[tuple[str, dict]]) -> dict:
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:
-    return [plots.plot_sweep(results, Path(workdir) / "barrier_vs_width.png", SWEEP_KEY)]
+    return [plots.plot_sweep(results, io.path(workdir) / "barrier_vs_width.png", SWEEP_KEY)]
 
 
 def table(runs: list[tuple[str, dict]]) -> str:

@@ -1,46 +1,74 @@
-"""Guard a workdir: one config per workdir, reruns reuse it, a different config is refused."""
+"""Guard a workdir: one config per workdir, reruns reuse it, a different config is refused.
+
+Local directories and object-store URLs alike (`lmc.io`)."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
+from lmc import io
 from lmc.errors import UserError
-from lmc.io import is_writer, read_json, write_json_atomic
+from lmc.io.lock import LOCK_FILE
 from lmc.provenance import config_hash
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 
 
-def prepare(workdir: str | Path, config_dict: dict, overwrite: bool) -> Path:
-    """Create `workdir` or check that it was made by the same config.
+def prepare(workdir: io.PathLike, config_dict: dict, overwrite: bool):
+    """Create `workdir` or check that it was made by the same config; its epath.
 
     With `overwrite`, a workdir made by another config is emptied first (only files
-    lmc writes there: runs, checkpoints, results, plots)."""
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir={workdir} exists and is not a directory")
+    lmc writes there: runs, checkpoints, results, plots; the run's own lock stays)."""
+    workdir = io.path(workdir)
+    if io.is_file(workdir):
+        raise UserError(
+            f"--workdir={workdir} is a file, not a directory. Use another --workdir, or "
+            "move the file away."
+        )
     saved_path = workdir / CONFIG_FILE
-    if saved_path.exists():
-        try:
-            saved = read_json(saved_path)
-        except ValueError:
-            saved = {}
-        if config_hash(saved) != config_hash(config_dict):
-            diff = _first_differences(saved, config_dict)
-            if not overwrite:
-                raise UserError(
-                    f"workdir {workdir} was made by a different config ({diff}). Use a new "
-                    "--workdir, or pass --overwrite to delete its contents and start over."
-                )
-            if is_writer():
-                for child in workdir.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-    if is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(saved_path, config_dict)
+    saved = read_saved_config(saved_path)
+    if saved is not None and config_hash(saved) != config_hash(config_dict):
+        diff = _first_differences(saved, config_dict)
+        if not overwrite:
+            raise UserError(
+                f"workdir {workdir} was made by a different config ({diff}). Use a new "
+                "--workdir, or pass --overwrite to delete its contents and start over."
+            )
+        if io.is_writer():
+            for name in io.listdir(workdir):
+                if name != LOCK_FILE:
+                    io.remove_tree(workdir / name)
+    if io.is_writer():
+        io.makedirs(workdir)
+        io.write_json_atomic(saved_path, config_dict)
     return workdir
+
+
+def read_saved_config(path) -> dict | None:
+    """The config a workdir was made by; None if it has none. An unreadable or corrupt
+    file is a UserError naming it (guessing would mix two configs in one workdir)."""
+    with io.os_errors(path, "reading it"):
+        try:
+            saved = io.read_json(path)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None  # the workdir is below a file: makedirs says so
+        except IsADirectoryError:
+            raise UserError(_corrupt(path, "it is a directory, not a file")) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(_corrupt(path, f"it is not valid JSON ({e})")) from None
+    if not isinstance(saved, dict):
+        raise UserError(_corrupt(path, f"it holds a {type(saved).__name__}, not a JSON object"))
+    return saved
+
+
+def _corrupt(path, why: str) -> str:
+    return (
+        f"{path} is corrupt: {why}. It records the config this workdir was made by; "
+        "restore it, or delete it to adopt the workdir with the current config (the "
+        "checkpoints there are reused), or use a new --workdir, or pass --overwrite to "
+        "delete the workdir's contents and start over."
+    )
 
 
 def _first_differences(old: dict, new: dict, prefix: str = "", limit: int = 3) -> str:

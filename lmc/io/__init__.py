@@ -24,47 +24,17 @@ gs:// needs `gcsfs` (the `gcs` extra: `pip install 'lmc[gcs]'`) and credentials 
 every host; nothing mounted. Tests run against `gcp-storage-emulator`
 (`tests/gcs_emulator.py`).
 
-Phase 2 (wiring into the engine as landed in main acc5e42; the call sites that still
-use pathlib/os directly, from grepping `open(`, `Path(`, `.mkdir`, `os.replace`,
-`shutil`, `write_text`, `read_text`, `exists`, `iterdir`, `glob` in lmc/):
-- experiments/__init__.py:62 `prepare(Path(workdir), ...)` -> `io.path`; wrap
-  prepare+run in `io.lock.workdir_lock(workdir)` (process 0 only; others pass).
-- experiments/workdir.py prepare: `Path`, `exists()/is_dir()` -> `io.is_dir`/`io.exists`,
-  the `--overwrite` wipe (`iterdir` + `shutil.rmtree`/`unlink`) -> `io.listdir` +
-  `io.remove_tree`, `workdir.mkdir` -> `io.makedirs` (gives the below-a-file error); a
-  corrupt config.json (`read_json` raises ValueError) should name the file.
-- experiments/pair.py:41, instability.py:86, width.py:71/87, merge_many.py:90,
-  code_vs_prose.py:289 `Path(workdir) / ...` -> `io.path(workdir) / ...`.
-- plots.py `_save` (tmp file + `os.replace`) -> `savefig` into BytesIO +
-  `io.write_bytes_atomic` (as code_vs_prose.py:343 already does).
-- training/loop.py:103/104/121 `Path(run_dir)` -> `io.path`; :179/:181 `mkdir` ->
-  `io.makedirs`; :189 MetricsWriter.
-- training/metrics_log.py MetricsWriter: `open(path, "a")` -> `io.LineWriter` (flush
-  it before each checkpoint save); truncate_after (`exists`, `read_text`, tmp
-  `write_text`, `os.replace`) -> `io.read_lines` + `io.write_text_atomic`, then reopen
-  the LineWriter (it caches the object's content on object stores).
-- training/siblings.py:108/120/141/211 `Path(workdir)` -> `io.path`; :165 and :203
-  (`is_dir`, `iterdir`) -> `io.is_dir`/`io.listdir`.
-- report.py:16-24 `Path`, `is_dir`, `exists`, `glob("*/results.json")`, `read_text` ->
-  `io.is_dir`, `io.listdir` + `io.exists`, `io.read_json`.
-- cli/sweep.py:188/262/279 `Path`/`mkdir`, :239 `exists`, :244 `read_text`, :417
-  `read_text` -> the same `io` calls; its flock lock (:482) -> `workdir_lock(...,
-  what="lmc sweep")` under another file name (`.sweep.lock`): a sweep holds its own
-  lock while its points' runs hold theirs. Per-point logs (:322/:335, subprocess
-  stdout) must stay local files: a local log dir, copied to the workdir at the end.
-- cli/flags.py:102 `os.path.join("runs", ...)` and cli/__init__.py:34 are fine for
-  URLs (string joins); configs stay local files.
-- checkpoint.py: done here (epath directory, digests, quarantine via `io.move_tree`).
-
-The end-to-end test (phase 2, tests/test_gcs_e2e.py on the `gcs_emulator` fixture): a
-subprocess `python -m lmc.cli run --workdir=gs://lmc-test/<id>/run` with a tiny spawn
-`pair` (synthetic data, a few hundred steps, checkpoints every 50); poll
-`io.listdir(.../child_0/checkpoints)` until a step past the spawn point is committed,
-SIGKILL it (no chance to save), rerun the same command (it must take over the dead
-pid's lock with a warning and resume from the newest intact step), then `lmc report`
-on the URL. The same command into a local tmp dir is the reference: results.json,
-every metrics.jsonl and the final checkpoint states (`state_digest`) must be equal,
-after dropping timing keys (provenance.wall_s, *_s) and the workdir itself.
+Where the engine uses it: `lmc.experiments.run_experiment` holds the workdir lock
+(process 0) around everything and writes results.json; `experiments.workdir.prepare`
+reads and writes config.json (a corrupt one is a UserError naming it); the training
+loop creates run dirs and writes metrics.jsonl through `LineWriter`
+(`training.metrics_log`, flushed before every checkpoint); `lmc.checkpoint` gives
+Orbax epaths and keeps digests and the quarantine here; plots are drawn into memory
+and written with `write_bytes_atomic`; `lmc.report` lists runs with `listdir`; `lmc
+sweep` keeps its `.sweep.lock`, sweep.json and point states here (the points' logs
+are local files while a point runs, copied to an object-store workdir when it stops).
+Config files stay local files. `tests/test_gcs_e2e.py` runs, kills, resumes and
+reports a spawn pair on gs:// (the emulator) and compares it bitwise with a local run.
 """
 
 from lmc.io.files import (

@@ -462,8 +462,9 @@ def describe_os_error(e: OSError, p: PathLike, doing: str) -> str | None:
             return _below_a_file(s, culprit)
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         where = _first_existing(s)
+        verb = "read" if doing.startswith("reading") else "write"
         return (
-            f"Cannot write {s} while {doing}: {e.strerror}. Use a --workdir you can "
+            f"Cannot {verb} {s} while {doing}: {e.strerror}. Use a --workdir you can "
             f"write to, or fix the permissions of {where} (`ls -ld {where}`)."
         )
     if is_remote(p) and str(e).startswith("Forbidden"):

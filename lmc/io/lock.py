@@ -71,13 +71,16 @@ def workdir_lock(
     lease_s: float = 120.0,
     heartbeat_s: float | None = None,
     what: str = "lmc run",
+    name: str = LOCK_FILE,
 ) -> Iterator[Lock | None]:
     """Hold the workdir's lock for the block (yields the Lock; None where `writer` is
-    false, default: not process 0). Raises UserError if a live run holds it."""
+    false, default: not process 0). Raises UserError if a live run holds it. `name`
+    is the lock file's name in the workdir (a sweep holds `.sweep.lock` while each of
+    its points' runs holds its own point's `.lmc.lock`)."""
     if not (files.is_writer() if writer is None else writer):
         yield None
         return
-    lock = acquire(workdir, lease_s=lease_s, what=what)
+    lock = acquire(workdir, lease_s=lease_s, what=what, name=name)
     interval = lease_s / 4 if heartbeat_s is None else heartbeat_s
     if interval > 0:
         lock._thread = threading.Thread(
@@ -90,10 +93,16 @@ def workdir_lock(
         release(lock)
 
 
-def acquire(workdir: files.PathLike, *, lease_s: float = 120.0, what: str = "lmc run") -> Lock:
+def acquire(
+    workdir: files.PathLike,
+    *,
+    lease_s: float = 120.0,
+    what: str = "lmc run",
+    name: str = LOCK_FILE,
+) -> Lock:
     """Take the lock (no heartbeat thread; call `heartbeat` yourself, then `release`)."""
     files.makedirs(workdir)
-    path = os.fspath(files.path(workdir) / LOCK_FILE)
+    path = os.fspath(files.path(workdir) / name)
     record = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -207,8 +216,9 @@ def _describe(record: dict | None) -> str:
 
 def _refuse(lock: Lock, holder: dict) -> UserError:
     workdir = lock.path.rsplit("/", 1)[0]
+    command = (holder or {}).get("command", "lmc run")
     return UserError(
-        f"Another run is using the workdir {workdir}: {_describe(holder)}. Wait for it to "
+        f"another `{command}` is running on {workdir}: {_describe(holder)}. Wait for it to "
         f"finish or stop it, or use another --workdir. If that run is dead (its host is "
         f"gone), its lock {lock.path} expires {holder.get('lease_s', '?')} s after its "
         "last heartbeat and is then taken over automatically; you may also delete it."

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc import preemption
+from lmc import io, preemption
 from lmc import sharding as sharding_lib
 from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset
@@ -101,8 +101,8 @@ def train(
     """Train (or resume) one network in `run_dir` up to `stop_step` (default: the end).
 
     Returns the final state on this process's first local device, as plain arrays."""
-    member = Member(Path(run_dir), seeds, dataset, name, start_state)
-    loop = _Loop(model, config, [member], Path(run_dir), population=False)
+    member = Member(io.path(run_dir), seeds, dataset, name, start_state)
+    loop = _Loop(model, config, [member], io.path(run_dir), population=False)
     return loop.run(stop_step, keep_steps)[0]
 
 
@@ -119,7 +119,7 @@ def train_population(
             "config.spawn.population trains on one device of one process; set it to False "
             "for multi-process runs"
         )
-    loop = _Loop(model, config, list(members), Path(run_dir), population=True, name=name)
+    loop = _Loop(model, config, list(members), io.path(run_dir), population=True, name=name)
     states = loop.run(None, ())
     final = int(states[0]["step"])
     for member, state in zip(members, states, strict=True):
@@ -180,9 +180,9 @@ class _Loop:
     # ---- the loop ----------------------------------------------------------------
     def run(self, stop_step, keep_steps) -> list[dict]:
         stop_step = self.num_steps if stop_step is None else int(stop_step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        io.makedirs(self.run_dir)
         for m in self.members:
-            m.run_dir.mkdir(parents=True, exist_ok=True)
+            io.makedirs(m.run_dir)
         template, shardings = self._template()
         checkpointer = Checkpointer(
             self.run_dir / "checkpoints",
@@ -212,12 +212,15 @@ class _Loop:
                     population=self.population,
                 )  # fmt: skip
                 state = self._steps(train_step, state, step, stop_step, checkpointer, writers)
+                _flush(writers)
                 checkpointer.save(stop_step, state, force=True)
             if self.population:
                 return unstack(jax.device_get(state), len(self.members))
             return [sharding_lib.to_local(state)]
         finally:
             checkpointer.close()
+            for writer in writers:
+                writer.close()
 
     def _augments(self) -> bool:
         return bool(self.members[0].dataset.augmentable and self.config.data.augment)
@@ -267,6 +270,7 @@ class _Loop:
                 if preemption.requested(step) and step < stop_step:
                     self._check_finite(state)
                     if step not in checkpointer.steps():
+                        _flush(writers)
                         checkpointer.save(step, state, force=True)
                     raise preemption.Preempted(step, self.name)
                 will_save = checkpointer.manager.should_save(step) and step < stop_step
@@ -278,6 +282,7 @@ class _Loop:
                         record["wall_s"] = round(time.perf_counter() - t0, 3)
                         writer.write(record)
                     if will_save:
+                        _flush(writers)
                         checkpointer.save(step, state)
                 progress.update(step)
         finally:
@@ -327,3 +332,36 @@ class _Loop:
                     "The last good checkpoint is kept; lower the learning rate or add warmup "
                     "and rerun."
                 )
+
+
+def _flush(writers) -> None:
+    """Metrics lines up to a checkpoint must be durable before it is: a resumed run keeps
+    the lines up to its checkpoint and rewrites the ones after (object stores buffer)."""
+    for writer in writers:
+        writer.flush()
+
+
+# (key, smallest valid value, what 0 means where 0 is valid). A zero or negative value
+# is never replaced by a default: it is either documented (0 below) or refused.
+_LOOP_SETTINGS = (
+    ("log_every_steps", 1, None),
+    ("eval_every_steps", 0, "only at the end"),
+    ("checkpoint.every_steps", 0, "only the spawn step(s) and the end"),
+    ("checkpoint.max_to_keep", 1, None),
+    ("eval.batch_size", 1, None),
+)
+
+
+def validate_loop_settings(config) -> None:
+    """The loop's cadences and sizes, checked before anything runs (a negative
+    `eval_every_steps` would evaluate at every step, a zero `log_every_steps` fail at
+    the first one)."""
+    for key, smallest, zero_means in _LOOP_SETTINGS:
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, int) or node < smallest:
+            allowed = f">= {smallest}" + (f" (0: {zero_means})" if zero_means else "")
+            raise UserError(f"config.{key} must be an integer {allowed}, got {node!r}")

@@ -1,36 +1,55 @@
-"""`metrics.jsonl`: one JSON line per logged step, written by process 0, flushed per line."""
+"""`metrics.jsonl`: one JSON line per logged step, written by process 0 through `lmc.io`
+(local files: appended and fsync'd per line; object stores: the object rewritten, at
+most every few seconds and always before a checkpoint is saved)."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import jax
 
+from lmc import io
+
 
 class MetricsWriter:
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: io.PathLike):
+        self.path = io.path(path)
         self.enabled = jax.process_index() == 0
+        self._lines: io.LineWriter | None = None
+
+    def _writer(self) -> io.LineWriter:
+        if self._lines is None:
+            self._lines = io.LineWriter(self.path, writer=self.enabled)
+        return self._lines
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._writer().write(json.dumps(record))
+
+    def flush(self) -> None:
+        """Make every line so far durable (before a checkpoint: a resumed run drops the
+        lines after its checkpoint, and must not miss any before it)."""
+        if self._lines is not None:
+            self._lines.flush()
+
+    def close(self) -> None:
+        if self._lines is not None:
+            self._lines.close()
+            self._lines = None
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (written after the checkpoint we resume from), so
         a resumed run's metrics file equals an uninterrupted run's."""
-        if not self.enabled or not self.path.exists():
+        if not self.enabled:
             return
-        kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        self.close()  # the writer caches the object's content on object stores
+        with io.os_errors(self.path, "reading it"):
+            lines = io.read_lines(self.path)
+        if not lines and not io.exists(self.path):
+            return
+        kept = [line for line in lines if _step_of(line) <= step]
+        io.write_text_atomic(self.path, "".join(line + "\n" for line in kept), any_process=True)
 
 
 def _step_of(line: str) -> float:

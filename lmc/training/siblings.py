@@ -21,7 +21,8 @@ import logging
 import os
 from pathlib import Path
 
-from lmc.checkpoint import Checkpointer
+from lmc import io
+from lmc.checkpoint import Checkpointer, committed_steps
 from lmc.data import Dataset
 from lmc.errors import UserError, choose
 from lmc.models import Model
@@ -123,7 +124,7 @@ def parent_identity(config_dict: dict) -> dict:
 def parent_dir(workdir: Path, shared: Path | None = None) -> Path:
     """Where the parent lives: `shared`/parent (a sweep's shared parent), else
     `workdir`/parent."""
-    return Path(shared if shared is not None else workdir) / "parent"
+    return io.path(shared if shared is not None else workdir) / "parent"
 
 
 def train_parent(
@@ -134,7 +135,7 @@ def train_parent(
     same parent config, every spawn step saved."""
     spawn_steps = sorted({int(k) for k in spawn_steps})
     if shared is not None:
-        _check_shared_parent(config, Path(shared), spawn_steps)
+        _check_shared_parent(config, shared, spawn_steps)
         return
     train(
         model=model,
@@ -148,13 +149,12 @@ def train_parent(
     )
 
 
-def _check_shared_parent(config, shared: Path, spawn_steps: list[int]) -> None:
-    from lmc.io import read_json
+def _check_shared_parent(config, shared, spawn_steps: list[int]) -> None:
     from lmc.provenance import config_to_dict
 
-    made_by = shared / "config.json"
+    made_by = io.path(shared) / "config.json"
     try:
-        theirs = parent_identity(read_json(made_by))
+        theirs = parent_identity(io.read_json(made_by))
     except (OSError, ValueError) as e:
         raise UserError(
             f"--parent={shared}: cannot read {made_by} ({e}); train the shared parent first "
@@ -165,19 +165,13 @@ def _check_shared_parent(config, shared: Path, spawn_steps: list[int]) -> None:
             f"--parent={shared} was trained by a different parent config (data, model, "
             "optimizer, seed or training length differ); use the parent of this config"
         )
-    saved = _saved_steps(shared / "parent" / "checkpoints")
+    saved = set(committed_steps(io.path(shared) / "parent" / "checkpoints"))
     missing = [k for k in spawn_steps if k not in saved]
     if missing:
         raise UserError(
             f"--parent={shared} has no checkpoint for spawn step(s) {missing} (it keeps "
             f"{sorted(saved)}); train the shared parent with these steps first"
         )
-
-
-def _saved_steps(directory: Path) -> set[int]:
-    if not directory.is_dir():
-        return set()
-    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()}
 
 
 def load_parent(
@@ -208,7 +202,7 @@ def train_children(
     With `config.spawn.population`, the unfinished children of each spawn step train
     together as one vmapped population first; afterwards every child is an ordinary
     finished run, so reruns and the sequential path read it back unchanged."""
-    workdir = Path(workdir)
+    workdir = io.path(workdir)
     if config.spawn.population:
         _train_populations(config, workdir, model, dataset, children, shared)
     states = []
@@ -232,7 +226,7 @@ def train_children(
 
 def _train_populations(config, workdir, model, dataset, children: list[Child], shared) -> None:
     final = total_steps(config, dataset)
-    todo = [c for c in children if not (c.run_dir / "checkpoints" / str(final)).is_dir()]
+    todo = [c for c in children if final not in committed_steps(c.run_dir / "checkpoints")]
     groups: dict = {}
     for child in todo:  # one population per spawn step and group directory
         groups.setdefault((child.spawn_step, child.run_dir.parent), []).append(child)
@@ -265,12 +259,11 @@ def _train_populations(config, workdir, model, dataset, children: list[Child], s
 
 
 def _name(workdir: Path, run_dir: Path) -> str:
-    return os.path.relpath(run_dir, workdir)
+    return os.path.relpath(os.fspath(run_dir), os.fspath(workdir))
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    ckpt_dir = run_dir / "checkpoints"
-    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    return bool(committed_steps(run_dir / "checkpoints"))
 
 
 def siblings(
@@ -279,7 +272,7 @@ def siblings(
     """Endpoints of children `indices` as the config describes them: spawned from the
     parent's step `config.spawn.step` (trained here if needed, or a `shared` parent) or
     independent inits."""
-    workdir = Path(workdir)
+    workdir = io.path(workdir)
     k = int(config.spawn.step) if is_spawned(config) else None
     if k is not None:
         train_parent(config, workdir, model, dataset, [k], shared)
