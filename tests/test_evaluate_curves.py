@@ -129,10 +129,19 @@ def test_mismatched_endpoints_name_path_and_shapes(setup):
         evaluate.interpolation_curve(model.apply, a, {"params": params}, ds)
 
 
-def test_endpoint_must_be_a_dict_with_params(setup):
+def test_endpoints_in_every_accepted_form_give_the_same_curve(setup):
+    # {"params", "model_state"}, flax variables {"params", "batch_stats"}, raw params
+    # (no running statistics), and the flax module itself as the model.
     ds, model, (a, b) = setup
-    with pytest.raises(UserError, match="'params'"):
-        evaluate.interpolation_curve(model.apply, a["params"], b, ds)
+    want = evaluate.interpolation_curve(model.apply, a, b, ds, alphas=3)
+    variables = {"params": b["params"], "batch_stats": b["model_state"]}
+    assert evaluate.interpolation_curve(model.module, a, variables, ds, alphas=3) == want
+    if not a["model_state"]:
+        assert evaluate.interpolation_curve(model, a["params"], b, ds, alphas=3) == want
+    with pytest.raises(UserError, match="give {'params', 'model_state'}"):
+        evaluate.interpolation_curve(model.apply, {**a, "extra": 1}, b, ds)
+    with pytest.raises(UserError, match="must be a dict"):
+        evaluate.interpolation_curve(model.apply, [a], b, ds)
 
 
 def bigram_apply(params, state, x, train):

@@ -126,7 +126,7 @@ def test_slurm_sweep_dry_run_submits_an_array_with_one_task_per_point(tmp_path):
     out = _run("slurm.sbatch", *args, env={"LMC": lmc, "SLURM_JOB_ID": "7",
                                            "SLURM_ARRAY_TASK_ID": "2"})  # fmt: skip
     assert out.returncode == 0, out.stderr
-    point = tmp_path / "w" / "spawn.step=100,seed=1"
+    point = tmp_path / "w" / "step=100,seed=1"
     assert shlex.split(out.stdout) == [
         "srun", "--kill-on-bad-exit=1", *shlex.split(lmc), "run", f"--config={cfg}",
         f"--workdir={point}", "--config.num_steps=200", "--config.spawn.step=100",
@@ -149,3 +149,23 @@ def test_slurm_run_dry_run_submits_itself_then_sruns_every_task():
         "srun", "--kill-on-bad-exit=1", "lmc", "run", "--config=configs/default.py",
         "--workdir=runs/big"]  # fmt: skip
     assert _run("slurm.sbatch", "--dry-run", "train").returncode == 2
+
+
+def test_slurm_sweep_with_a_shared_parent_submits_it_first_and_the_points_after(tmp_path):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(SWEEP_CONFIG.replace("return base_config()", "c = base_config()\n"
+                                        "    c.spawn.mode = 'spawn'\n    return c")
+                   .replace('yield {"spawn.step": k, "seed": seed}',
+                            'yield {"spawn.step": k, "spawn.child_seeds": (seed, seed + 2)}'))  # fmt: skip
+    lmc = f"{sys.executable} -m lmc.cli"
+    args = ["--dry-run", "sweep", f"--config={cfg}", f"--workdir={tmp_path / 'w'}",
+            "--config.num_steps=200"]  # fmt: skip
+    out = _run("slurm.sbatch", *args, env={"LMC": lmc})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # The stage (line 0: the shared parent) as a one-task array, then points 1..4 after it.
+    assert shlex.split(lines[0])[:3] == ["sbatch", "--parsable", "--array=0-0"]
+    assert shlex.split(lines[1])[:3] == [
+        "sbatch", "--dependency=afterok:<shared-parent-job-id>", "--array=1-4"]  # fmt: skip
+    assert "--config.experiment=parent" in lines[2] and lines[2].startswith("# array task 0: ")
+    assert all("--parent=" in line for line in lines[3:7])
