@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lmc import align
+from lmc.align import orthogonal
 from lmc.align.spec import nested_units
 from lmc.models.transformer import build_transformer
 
@@ -80,3 +81,54 @@ def test_weight_matching_recovers_planted_heads(positions):
             # recovered exactly: only the planted noise (sd 0.01) remains
             assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1
         assert info["objective"] == sorted(info["objective"])  # block descent is monotone
+
+
+def rms_twin(positions):
+    return build_transformer(256, width=32, depth=2, heads=4, context=16, positions=positions,
+                             norm="rmsnorm")  # fmt: skip
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_norm_rewrites_and_rotations_keep_the_logits(positions):
+    fn, params, tokens = lm(positions)
+    spec = align.spec_from_function(fn, params, tokens)
+    roles = orthogonal.roles(fn, spec, params, tokens)
+    assert len(roles.norms) == 5  # ln1, ln2 of two blocks, ln_f: found in the program
+    want = np.asarray(fn(params, tokens))
+    tol = 1e-4 * np.abs(want).max()  # float32 rounding of O(5) logits; wrong: O(1)
+    folded = orthogonal.fold(roles, params)
+    assert np.abs(np.asarray(fn(folded, tokens)) - want).max() < tol
+    rms = orthogonal.to_rmsnorm(roles, params)
+    got = rms_twin(positions).apply({"params": rms}, tokens)
+    assert np.abs(np.asarray(got) - want).max() < tol
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        r = orthogonal.random_rotation(32, rng)
+        rotated = orthogonal.rotate(roles, r, folded)
+        assert np.abs(np.asarray(fn(rotated, tokens)) - want).max() < tol
+        # the RMSNorm form takes any rotation of its centered stream too
+        rotated_rms = orthogonal.rotate(roles, r, rms)
+        got = rms_twin(positions).apply({"params": rotated_rms}, tokens)
+        assert np.abs(np.asarray(got) - want).max() < tol
+    # control: a rotation that moves the ones vector breaks the LayerNorm form
+    q, _ = np.linalg.qr(rng.normal(size=(32, 32)))
+    assert np.abs(np.asarray(fn(orthogonal.rotate(roles, q, folded), tokens)) - want).max() > 0.1
+
+
+def test_orthogonal_matching_recovers_planted_rotation_and_heads():
+    fn, params, tokens = lm("learned")
+    plain = align.spec_from_function(fn, params, tokens)
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    roles = orthogonal.roles(fn, plain, params, tokens)
+    rng = np.random.default_rng(3)
+    planted = align.random_permutations(spec, jax.random.key(5), params)
+    other = align.apply_permutation(spec, planted, orthogonal.fold(roles, params))
+    other = orthogonal.rotate(roles, orthogonal.random_rotation(32, rng), other)
+    # B in its own gauge: other norm gains and biases, same function
+    gauge = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    other = orthogonal.unfold(roles, other, gauge)
+    assert np.abs(np.asarray(fn(other, tokens)) - np.asarray(fn(params, tokens))).max() < 1e-3
+    aligned, info = orthogonal.weight_matching_orthogonal(spec, roles, params, other)
+    assert np.abs(np.asarray(fn(aligned, tokens)) - np.asarray(fn(params, tokens))).max() < 1e-3
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(aligned), strict=True):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-3  # B is A again
