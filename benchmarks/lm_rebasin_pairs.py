@@ -50,7 +50,50 @@ def parse_args():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--train_only", action="store_true")
     p.add_argument("--out", default="pairs.json", help="file name inside --workdir")
+    p.add_argument(
+        "--plot",
+        default="",
+        help="only plot: loss curves (metrics.jsonl) and barrier curves of the pairs.json "
+        "files given (comma-separated, inside --workdir) into this PNG path prefix",
+    )
     return p.parse_args()
+
+
+def plot(root: Path, names: list[str], prefix: str) -> None:
+    """<prefix>_loss.png: training/held-out loss of every child; <prefix>_curves.png:
+    held-out loss along the path, mean over pairs, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in sorted(root.glob("pair*/child_*/metrics.jsonl")):
+        rows = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
+        label = f"{run.parent.parent.name}/{run.parent.name}"
+        ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], lw=0.6, alpha=0.5)
+        test = [r for r in rows if "test_loss" in r]
+        ax.plot([r["step"] for r in test], [r["test_loss"] for r in test], "o-", ms=3,
+                label=label)  # fmt: skip
+    ax.set(xlabel="step", ylabel="loss (nats/byte)", title="lm_rebasin: train (thin), held-out")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(f"{prefix}_loss.png", dpi=120)
+    pairs = [p for name in names for p in json.loads((root / name).read_text())["pairs"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in pairs[0]["methods"]:
+        curves = [p["methods"][method]["curves"]["test_loss"] for p in pairs
+                  if "curves" in p["methods"].get(method, {})]  # fmt: skip
+        if not curves:
+            continue
+        alphas = pairs[0]["methods"][method]["alphas"]
+        mean = np.mean(curves, axis=0)
+        ax.plot(alphas, mean, "o-", ms=3, label=f"{method} ({len(curves)} pairs)")
+    ax.set(xlabel="alpha (A -> aligned B)", ylabel="held-out loss (nats/byte)",
+           title="lm_rebasin: loss along the path, mean over pairs")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{prefix}_curves.png", dpi=120)
 
 
 def build_config(overrides):
@@ -80,6 +123,9 @@ def pair_config(config, p: int):
 def main():
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.plot:
+        plot(Path(args.workdir), args.out.split(","), args.plot)
+        return
     config = build_config(args.set)
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -113,7 +159,7 @@ def main():
                 "pair": p["pair"],
                 "endpoints": p["endpoints"],
                 "methods": {
-                    m: {k: v for k, v in e.items() if k not in ("curves", "traceback")}
+                    m: {k: v for k, v in e.items() if k != "traceback"}
                     for m, e in p["methods"].items()
                 },
             }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import numpy as np
 
 from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units
@@ -173,6 +174,10 @@ def solve_family(spec, sizes, perms, tree_a, tree_b, unit, nested, solve: Solve)
 def coordinate_descent(spec, sizes, tree_a, tree_b, perms, rng, max_iter: int, solve: Solve):
     """Block coordinate descent; returns (perms, objectives per sweep, sweeps)."""
     fams = validate(spec)
+    # Host copies: permuting NumPy leaves costs no op dispatch (STE passes JAX trees).
+    tree_a, tree_b = (
+        jax.tree.map(lambda x: np.asarray(x, np.float32), t) for t in (tree_a, tree_b)
+    )
     nested = {w for ws in fams.values() for w in ws}
     blocks = [("plain", n) for n in spec.axes if n not in fams and n not in nested]
     blocks += [("family", h) for h in fams]
