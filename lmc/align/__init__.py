@@ -40,6 +40,7 @@ from lmc.align.spec import (
     compose,
     identity,
     inverse,
+    nested_units,
     random_permutations,
 )
 from lmc.align.ste import ste
@@ -57,6 +58,7 @@ __all__ = [
     "identity",
     "inverse",
     "merge_many",
+    "nested_units",
     "random_permutations",
     "spec_from_function",
     "spec_from_model",

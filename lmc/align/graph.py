@@ -259,10 +259,54 @@ class AxisGraph:
                     break
         return out
 
+    def _nested(self, atoms: set[int], comp: dict[int, Nodes]) -> dict[int, int]:
+        """atom w -> the atom h it may take one permutation per index of (nested units).
+
+        That is the case when every array carrying w also has an axis of class h (and
+        never carries w inside a reshaped axis): attention's within-head dimension is
+        only ever seen next to the head axis (kernels (d, H, hd), activations
+        (B, T, H, hd)), and contractions over it batch over the heads, so each head
+        may order its own dimensions (Theus et al. 2025's per-head symmetry). Atoms
+        that would each be nested in the other, chains, and ambiguous units are left
+        plain. Conservative on the leaf condition only: `align.check` verifies it.
+        """
+        carriers: dict[int, set[int] | None] = dict.fromkeys(atoms)
+        for nodes, _ in self.arrays:
+            roots = [self.find(n) for n in nodes]
+            direct = set(roots)
+            for r in roots:
+                if r in comp:
+                    for atom, _ in self._expand(r, comp):
+                        if atom in carriers:
+                            carriers[atom] = set()  # through a reshape: no per-unit order
+                elif r in carriers:
+                    here = direct - {r}
+                    carriers[r] = here if carriers[r] is None else carriers[r] & here
+        found = {}
+        for w, units in carriers.items():
+            units = [h for h in units or () if h in atoms and h != w]
+            if len(units) == 1:
+                found[w] = units[0]
+        return {
+            w: h
+            for w, h in found.items()
+            if h not in found and found.get(h) != w and self.size[h] > 1
+        }
+
     def analyze(
-        self, leaves: Sequence[tuple[Path, Nodes]], probes=(), values=(), jaxpr=None
+        self,
+        leaves: Sequence[tuple[Path, Nodes]],
+        probes=(),
+        values=(),
+        jaxpr=None,
+        nested: bool = False,
     ) -> Analysis:
-        """Permutations (free atomic classes that reach a parameter) and their probes."""
+        """Permutations (free atomic classes that reach a parameter) and their probes.
+
+        `nested`: a class whose every array also carries another permuted axis (the
+        within-head dimension of attention) becomes one permutation per index of that
+        axis (per head): a stacked permutation whose stacking axis the unit
+        permutation also permutes (see `lmc.align.spec`, nested units)."""
         for path, nodes in leaves:
             if nodes and not set(nodes) & self.used:
                 self.pin_all(nodes, "unused leaf")
@@ -280,6 +324,11 @@ class AxisGraph:
             if free(atom)
         }
         stacked = self._stacked(found_atoms, comp)
+        units: dict[int, int] = {}
+        if nested:
+            plain = found_atoms - set(stacked) - {self.find(s) for s in self.stacks}
+            units = self._nested(plain, comp)
+            stacked.update(units)
         refs: dict[int, list[AxisRef]] = {}
         for path, nodes in leaves:
             for axis, node in enumerate(nodes):
@@ -303,6 +352,10 @@ class AxisGraph:
                 if k != axis
                 and any(a in names and a != atom for a, _ in self._expand(self.find(n), comp))
             )
+            if atom in units:  # a nested permutation: its unit axis first (kept, not summed)
+                unit = [k for k in other if self.find(nodes[k]) == units[atom]]
+                if unit:
+                    other = (unit[0], *(k for k in other if k != unit[0]))
             return (var, axis, inner, other)
 
         for var, nodes, axis in probes:
@@ -334,7 +387,9 @@ class AxisGraph:
                     (reasons[a] for a, _ in atoms if a in reasons), "size 1 or not a hidden axis"
                 )
                 unpermuted.append((path, axis, self.size[node], why))
-        return Analysis(spec, found, jaxpr, unpermuted)
+        return Analysis(
+            spec, found, jaxpr, unpermuted, {names[w]: names[h] for w, h in units.items()}
+        )
 
 
 def _names(refs: dict[int, list[AxisRef]], leaves) -> dict[int, str]:
@@ -379,3 +434,6 @@ class Analysis:
     jaxpr: Any = None  # the ClosedJaxpr the probes refer to
     # Parameter axes no permutation acts on: (path, axis, size, why).
     unpermuted: list[tuple[Path, int, int, str]] = dataclasses.field(default_factory=list)
+    # Nested permutations (traced with nested=True): name -> its unit permutation's
+    # name. Their probe entries list the unit axis first among the other axes.
+    units: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -15,6 +15,13 @@ stacked along a leading axis, and each layer has its own hidden units. Its value
 `perms` has shape (L, size), and each of its `AxisRef`s names the leaf's stacking
 axis (`AxisRef.stack`): slice l of the leaf along it is permuted by `perm[l]`.
 
+*Nested units*: a stacked permutation whose stacking axis is itself permuted by
+another permutation of the spec (`nested_units(spec)`: name -> unit name). Attention
+is the case (`spec_from_function(..., nested=True)`): the heads are permuted as units,
+and each head has its own query/key and value/output permutations, of shape
+(heads, head_dim). Row l of a nested permutation acts on the head that *lands* at
+position l: the unit permutation is applied first (`permute_leaf` orders them so).
+
 Convention (the one Git Re-Basin uses): `perm[i]` is the index in the *original*
 tree of the unit that ends up at position `i`, i.e. permuting is `take(x, perm)`.
 
@@ -347,9 +354,40 @@ def _permute_axis(x, perm, axis: int, inner: int, stack: int | None = None):
     return xp.moveaxis(y, (0, 1), where).reshape(shape)
 
 
+def nested_units(spec: PermutationSpec) -> dict[str, str]:
+    """Nested permutation -> its unit permutation: the stacked permutations whose
+    stacking axis another permutation of the spec permutes (on every leaf)."""
+    by_leaf = spec.by_leaf()
+    out = {}
+    for name in spec.stacks:
+        units = set()
+        for r in spec.axes[name]:
+            units.add(
+                next(
+                    (
+                        n
+                        for n, q in by_leaf[r.path]
+                        if n != name and q.stack is None and q.axis == r.stack
+                    ),
+                    None,
+                )
+            )
+        if len(units) == 1 and None not in units:
+            out[name] = units.pop()
+        elif units - {None}:
+            raise UserError(
+                f"stacked permutation {name!r}: its stacking axes are permuted by "
+                f"{sorted(u for u in units if u)} on some leaves and not on others"
+            )
+    return out
+
+
 def permute_leaf(x, leaf_refs: Iterable[tuple[str, AxisRef]], perms: Mapping[str, Any], skip=None):
-    """Apply every permutation acting on one leaf, except the (name, ref) in `skip`."""
-    for name, r in leaf_refs:
+    """Apply every permutation acting on one leaf, except the (name, ref) in `skip`.
+
+    Plain permutations go first: a nested permutation's row l is for the unit that
+    lands at position l (see the module docstring)."""
+    for name, r in sorted(leaf_refs, key=lambda nr: nr[1].stack is not None):
         if (name, r) != skip:
             x = _permute_axis(x, perms[name], r.axis, r.inner, r.stack)
     return x

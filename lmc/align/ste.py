@@ -34,6 +34,8 @@ def ste(
     steps: int | None = None,
     optimizer: optax.GradientTransformation | None = None,
     max_iter: int = 100,
+    alpha: float | tuple[float, float] = 0.5,
+    init=None,
 ):
     """Permutations of B learned with the straight-through estimator.
 
@@ -43,19 +45,36 @@ def ste(
     `optimizer` defaults to Adam(1e-3) as in the paper. Returns `(perms, info)` with
     `info['losses']` (midpoint loss per step), `info['init_objective']` (the weight
     matching warm start) and `sweeps` (total weight-matching sweeps).
+
+    `alpha`: the interpolation weight the loss is taken at; a pair (lo, hi) draws it
+    uniformly per step from `key` (the path loss of Theus et al. 2025's learned
+    matching: weights around the midpoint, so the whole middle of the path gets
+    low loss, not one point). `init`: permutations to start from instead of weight
+    matching from the identity (e.g. the nested heads solution).
     """
     t0 = time.perf_counter()
     key = jax.random.key(0) if key is None else key
     optimizer = optimizer or optax.adam(1e-3)
-    perms, wm_info = weight_matching(spec, params_a, params_b, key=key, max_iter=max_iter)
+    if isinstance(alpha, (tuple, list)):
+        lo, hi = (float(a) for a in alpha)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise UserError(f"ste: alpha range must satisfy 0 <= lo <= hi <= 1, got {alpha}")
+    else:
+        lo = hi = float(alpha)
+    perms, wm_info = weight_matching(
+        spec, params_a, params_b, key=key, max_iter=max_iter, init=init
+    )
     proxy = jax.tree.map(jnp.asarray, params_a)
     opt_state = optimizer.init(proxy)
+    alpha_key = jax.random.fold_in(key, 2**31 - 1)
 
     @jax.jit
-    def update(proxy, opt_state, params_a, projected, batch):  # A as an argument: no big constants
+    def update(
+        proxy, opt_state, params_a, projected, batch, t
+    ):  # A as an argument: no big constants
         def midpoint_loss(w):
             straight = jax.tree.map(lambda w, p: w + jax.lax.stop_gradient(p - w), w, projected)
-            mid = jax.tree.map(lambda a, b: 0.5 * (a + b), params_a, straight)
+            mid = jax.tree.map(lambda a, b: (1 - t) * a + t * b, params_a, straight)
             return loss_fn(mid, batch)
 
         loss, grads = jax.value_and_grad(midpoint_loss)(proxy)
@@ -72,7 +91,8 @@ def ste(
             )
             sweeps += info["sweeps"]
         projected = apply_permutation(spec, perms, params_b)
-        proxy, opt_state, loss = update(proxy, opt_state, params_a, projected, batch)
+        t = jax.random.uniform(jax.random.fold_in(alpha_key, i), (), minval=lo, maxval=hi)
+        proxy, opt_state, loss = update(proxy, opt_state, params_a, projected, batch, t)
         if not jnp.isfinite(loss):
             raise UserError(
                 f"ste: the midpoint loss became {float(loss)} at step {i}; lower the learning rate"

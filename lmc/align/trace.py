@@ -131,22 +131,29 @@ def _warn_if_empty(spec: PermutationSpec) -> None:
         )
 
 
-def analyze_function(apply_fn: Callable, params, *example_args) -> Analysis:
+def analyze_function(apply_fn: Callable, params, *example_args, nested: bool = False) -> Analysis:
     """Spec and probes of `apply_fn(params, *example_args)` (see `spec_from_function`)."""
     graph = AxisGraph(RULES, unknown)
     nodes, (closed, probes, values) = trace_into(graph, apply_fn, params, example_args)
     leaves = [(p, n) for (p, _), n in zip(tree_paths(params), nodes, strict=True)]
-    return graph.analyze(leaves, probes, values, closed)
+    return graph.analyze(leaves, probes, values, closed, nested=nested)
 
 
-def spec_from_function(apply_fn: Callable, params, *example_args) -> PermutationSpec:
+def spec_from_function(
+    apply_fn: Callable, params, *example_args, nested: bool = False
+) -> PermutationSpec:
     """Derive the permutation spec of `apply_fn(params, *example_args)` from its jaxpr.
 
     Every axis of `example_args` and of the outputs is pinned. Non-array arguments
     (bools, strings, None) are passed through as static values (e.g. `train=True`).
     `params` may hold arrays or `jax.ShapeDtypeStruct`s; nothing is computed.
+
+    `nested=True` derives the richer class with nested units: a permutation whose
+    every value also carries another permuted axis becomes one permutation per index
+    of it (attention: heads permuted as units, and each head with its own query/key
+    and value/output permutations). `align.nested_units(spec)` lists them.
     """
-    analysis = analyze_function(apply_fn, params, *example_args)
+    analysis = analyze_function(apply_fn, params, *example_args, nested=nested)
     logging.getLogger("lmc.align").info("spec_from_function: %s", summary(analysis))
     _warn_if_empty(analysis.spec)
     return analysis.spec
@@ -164,7 +171,7 @@ def model_fn(model, train: bool) -> Callable:
     return lambda tree, x: model.apply(tree["params"], tree["model_state"], x, train)
 
 
-def analyze_model(model, example_input) -> Analysis:
+def analyze_model(model, example_input, nested: bool = False) -> Analysis:
     """Spec and (eval-mode) probes of an `lmc.models` Model over the combined tree.
 
     Eval mode (running statistics) and train mode (batch statistics and running-stat
@@ -183,17 +190,18 @@ def analyze_model(model, example_input) -> Analysis:
     trace_into(graph, model_fn(model, True), tree, [x], nodes, carry=carry)
     leaves = [(p, n) for (p, _), n in zip(tree_paths(tree), nodes, strict=True)]
     closed, probes, values = eval_program
-    return graph.analyze(leaves, probes, values, closed)
+    return graph.analyze(leaves, probes, values, closed, nested=nested)
 
 
-def spec_from_model(model, example_input) -> PermutationSpec:
+def spec_from_model(model, example_input, nested: bool = False) -> PermutationSpec:
     """The spec of an `lmc.models` Model or a `flax.linen.Module` over
     {'params': ..., 'model_state': ...} (model_state: the module's batch_stats).
 
     Both train mode (batch statistics, running-stat updates) and eval mode (running
-    statistics) are traced, and their constraints combined.
+    statistics) are traced, and their constraints combined. `nested`: see
+    `spec_from_function`.
     """
-    analysis = analyze_model(model, example_input)
+    analysis = analyze_model(model, example_input, nested=nested)
     logging.getLogger("lmc.align").info("spec_from_model: %s", summary(analysis))
     _warn_if_empty(analysis.spec)
     return analysis.spec

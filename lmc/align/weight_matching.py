@@ -49,6 +49,7 @@ try:  # LAPJV (Jonker & Volgenant 1987): 2.5x faster than scipy on these dense c
 except ImportError:  # optional speed-up; scipy gives the same optimum
     _lap = None
 
+from lmc.align import nested
 from lmc.align.checks import check_finite, check_same_structure, flat
 from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, resolve
 from lmc.align.stacked import restack, unstack_perms, unstack_spec, unstack_tree
@@ -365,6 +366,7 @@ def weight_matching(
     key=None,
     max_iter: int = 100,
     init: Mapping[str, object] | None = None,
+    restarts: int = 1,
 ):
     """Permutations of B's hidden units that best match A's weights.
 
@@ -373,24 +375,40 @@ def weight_matching(
     For a spec over the combined tree, pass params or combined trees (the running
     statistics are permuted by `apply_permutation`, but are not weights to match).
     `init` (name -> perm) warm-starts; `key` fixes the visiting order (default key 0).
+    `restarts`: runs of the descent with other visiting orders (restart i uses
+    `fold_in(key, i)`, restart 0 `key` itself); the one with the largest final J is
+    returned, and `info["restart_objectives"]` lists each run's final J. The objective
+    has many local optima on attention layers, where the visiting order decides.
+
+    A spec with nested units (`spec_from_function(..., nested=True)`: heads permuted
+    as units, per-head within-head permutations) is solved by block coordinate
+    descent, each head family exactly (`lmc.align.nested`).
     """
     t0 = time.perf_counter()
     key = jax.random.key(0) if key is None else key
+    if int(restarts) < 1:
+        raise UserError(f"weight_matching: restarts must be >= 1, got {restarts}")
     wspec, tree_a, tree_b, sizes = prepare(spec, params_a, params_b)
     if not wspec.axes:
         warnings.warn(
             "the permutation spec is empty: nothing to align, returning identity", stacklevel=2
         )
         return {}, {"objective": [], "sweeps": 0, "wall_s": time.perf_counter() - t0}
+    keys = [key] + [jax.random.fold_in(key, i) for i in range(1, int(restarts))]
+    if nested.families(wspec):
+        return _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, t0)
     stacked = wspec
     if wspec.stacks:  # one permutation per layer: match the layers' slices
         wspec = unstack_spec(stacked, tree_a)
         tree_a, tree_b = unstack_tree(stacked, tree_a), unstack_tree(stacked, tree_b)
         sizes, init = check_sizes(wspec, tree_a), unstack_perms(stacked, init)
     problem = Problem(wspec, sizes, tree_a, tree_b)
-    perms = [initial(init, n, s) for n, s in zip(problem.names, problem.sizes, strict=True)]
-    with _single_threaded_blas() if problem.small else contextlib.nullcontext():
-        perms, objectives, sweeps = coordinate_descent(problem, perms, key, max_iter)
+    runs = []
+    for k in keys:
+        perms = [initial(init, n, s) for n, s in zip(problem.names, problem.sizes, strict=True)]
+        with _single_threaded_blas() if problem.small else contextlib.nullcontext():
+            runs.append(coordinate_descent(problem, perms, k, max_iter))
+    perms, objectives, sweeps = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
     out = {n: jnp.asarray(p) for n, p in zip(problem.names, perms, strict=True)}
     out = {n: jnp.asarray(p) for n, p in restack(stacked, out).items()}
     for name in spec.axes:  # permutations that only touch running statistics
@@ -398,7 +416,48 @@ def weight_matching(
             size = check_sizes(*resolve(spec, params_a))[name]
             shape = (spec.stacks[name], size) if name in spec.stacks else (size,)
             out[name] = jnp.broadcast_to(jnp.arange(size), shape)
-    return out, {"objective": objectives, "sweeps": sweeps, "wall_s": time.perf_counter() - t0}
+    info = {"objective": objectives, "sweeps": sweeps, "wall_s": time.perf_counter() - t0}
+    if len(runs) > 1:
+        info["restart_objectives"] = [float(run[1][-1]) for run in runs if run[1]]
+    return out, info
+
+
+def _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, t0):
+    """weight_matching for a spec with nested units (see `lmc.align.nested`)."""
+    runs = []
+    for k in keys:
+        perms = {}
+        for name in wspec.axes:
+            shape = wspec.shape(name)
+            if init is not None and name in init:
+                p = np.asarray(init[name]).astype(np.int64)
+                rows = p.reshape(-1, shape[-1])
+                if p.shape != shape or not all(
+                    np.array_equal(np.sort(r), np.arange(shape[-1])) for r in rows
+                ):
+                    raise UserError(
+                        f"init[{name!r}] must be permutations of shape {shape}, got {p.shape}"
+                    )
+                perms[name] = p
+            else:
+                perms[name] = np.broadcast_to(np.arange(shape[-1]), shape).copy()
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel())
+        runs.append(
+            nested.coordinate_descent(
+                wspec, sizes, tree_a, tree_b, perms, rng, max_iter, solve_assignment
+            )
+        )
+    perms, objectives, sweeps = max(runs, key=lambda run: run[1][-1])
+    out = {n: jnp.asarray(p) for n, p in perms.items()}
+    for name in spec.axes:  # permutations that only touch running statistics
+        if name not in out:
+            size = check_sizes(*resolve(spec, params_a))[name]
+            shape = (spec.stacks[name], size) if name in spec.stacks else (size,)
+            out[name] = jnp.broadcast_to(jnp.arange(size), shape)
+    info = {"objective": objectives, "sweeps": sweeps, "wall_s": time.perf_counter() - t0}
+    if len(runs) > 1:
+        info["restart_objectives"] = [float(run[1][-1]) for run in runs]
+    return out, info
 
 
 def initial(init, name: str, size: int) -> np.ndarray:

@@ -26,6 +26,11 @@ exact symmetry. Rotary embeddings (positions="rotary") rotate fixed pairs of
 query/key dimensions by position-dependent angles, which removes the freedom to
 permute query/key dimensions within a head (values/outputs and whole heads stay free).
 
+`norm="rmsnorm"` evaluates the RMSNorm form (a gain, no bias, no centering) that
+`lmc.align.orthogonal.to_rmsnorm` rewrites a LayerNorm model's params into (gains and
+biases folded into the readers, residual writes centered): the same function, the
+form in which the residual stream has an orthogonal symmetry (Theus et al. 2025).
+
 No dropout: `Model.apply` has no RNG argument and alignment wants train mode to be the
 same function as eval mode, so `train` changes nothing here.
 """
@@ -38,6 +43,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 POSITIONS = ("learned", "rotary")
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(norm: str, name: str) -> nn.Module:
+    if norm == "rmsnorm":
+        return nn.RMSNorm(epsilon=1e-5, name=name)
+    return nn.LayerNorm(epsilon=1e-5, name=name)
+
+
 INIT_STD = 0.02
 
 
@@ -87,13 +101,14 @@ class Block(nn.Module):
     heads: int
     mlp_hidden: int
     positions: str
+    norm: str = "layernorm"
 
     @nn.compact
     def __call__(self, x):
         x = x + CausalSelfAttention(self.heads, self.positions, name="attn")(
-            nn.LayerNorm(epsilon=1e-5, name="ln1")(x)
+            make_norm(self.norm, "ln1")(x)
         )
-        return x + MLPBlock(self.mlp_hidden, name="mlp")(nn.LayerNorm(epsilon=1e-5, name="ln2")(x))
+        return x + MLPBlock(self.mlp_hidden, name="mlp")(make_norm(self.norm, "ln2")(x))
 
 
 class Transformer(nn.Module):
@@ -104,6 +119,7 @@ class Transformer(nn.Module):
     context: int = 64
     mlp_ratio: int = 4
     positions: str = "learned"
+    norm: str = "layernorm"
 
     @nn.compact
     def __call__(self, tokens, train: bool = False):
@@ -121,8 +137,10 @@ class Transformer(nn.Module):
             )
             x = x + pos[:t]
         for i in range(self.depth):
-            x = Block(self.heads, self.mlp_ratio * self.width, self.positions, name=f"block{i}")(x)
-        x = nn.LayerNorm(epsilon=1e-5, name="ln_f")(x)
+            x = Block(
+                self.heads, self.mlp_ratio * self.width, self.positions, self.norm, name=f"block{i}"
+            )(x)
+        x = make_norm(self.norm, "ln_f")(x)
         return nn.Dense(self.vocab, name="head")(x).astype(jnp.float32)
 
 
@@ -157,9 +175,11 @@ def build_transformer(
     choose("positions", positions, POSITIONS)
     if positions == "rotary" and (w // h) % 2:
         raise UserError(f"rotary positions need an even head dim (width/heads), got {w // h}")
-    if norm not in (None, "layernorm"):
+    norm = "layernorm" if norm is None else norm
+    if norm not in NORMS:
         raise UserError(
-            f"the transformer is pre-LayerNorm only: set config.model.norm='layernorm' (got {norm!r})"
+            f"config.model.norm={norm!r}: the transformer takes 'layernorm' (pre-LN) or "
+            "'rmsnorm' (the form lmc.align.orthogonal.to_rmsnorm rewrites LN params into)"
         )
     return Transformer(
         vocab,
@@ -169,4 +189,5 @@ def build_transformer(
         int(values["context"]),
         int(values["mlp_ratio"]),
         positions,
+        norm,
     )

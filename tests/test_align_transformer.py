@@ -1,0 +1,134 @@
+"""Richer transformer symmetries (issue 14): heads as units with per-head within-head
+permutations, and the orthogonal residual stream. Each class: a random element leaves
+the logits unchanged (learned and rotary positions), and weight matching recovers a
+planted element."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmc import align
+from lmc.align import orthogonal
+from lmc.align.spec import nested_units
+from lmc.models.transformer import build_transformer
+
+POSITIONS = ("learned", "rotary")
+
+
+def lm(positions, width=32, heads=4, seed=0):
+    model = build_transformer(
+        256, width=width, depth=2, heads=heads, context=16, positions=positions
+    )
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16)), jnp.int32)
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]
+    # Random weights of unit scale: a wrong symmetry changes the logits by O(1).
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+    def fn(p, t):
+        return model.apply({"params": p}, t)
+
+    return fn, params, tokens
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_nested_heads_are_derived_and_invariant(positions):
+    fn, params, tokens = lm(positions)
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    units = nested_units(spec)
+    # learned: Q/K and V/O within-head per head, in both layers; rotary fixes Q/K.
+    assert len(units) == (4 if positions == "learned" else 2)
+    assert len(set(units.values())) == 2  # one head permutation per layer
+    for name in units:
+        assert spec.shape(name) == (4, 8)
+    for seed in range(3):
+        report = align.check(fn, spec, params, tokens, key=jax.random.key(seed))
+        assert report.moved == len(spec.axes)
+        # float32 logits of size ~5: rounding is ~1e-6; a wrong element moves them O(1)
+        assert report.max_change < 1e-4, report
+
+
+def test_per_head_permutation_on_one_side_is_not_a_symmetry():
+    """Control: the check above can fail. Permuting each head's value dimensions
+    without the matching output rows changes the logits."""
+    fn, params, tokens = lm("learned")
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    name = next(n for n in nested_units(spec) if "value" in n)
+    value_only = align.PermutationSpec.from_axes(
+        {name: [r for r in spec.axes[name] if "value" in r.path[-2]]},
+        sizes={name: spec.sizes[name]},
+        stacks={name: spec.stacks[name]},
+    )
+    perms = align.random_permutations(value_only, jax.random.key(0))
+    moved = align.apply_permutation(value_only, perms, params)
+    change = float(jnp.abs(fn(moved, tokens) - fn(params, tokens)).max())
+    assert change > 0.1
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_weight_matching_recovers_planted_heads(positions):
+    fn, params, tokens = lm(positions)
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    rng = np.random.default_rng(1)
+    for seed in range(2):
+        planted = align.random_permutations(spec, jax.random.key(seed + 1), params)
+        other = align.apply_permutation(spec, planted, params)
+        other = jax.tree.map(lambda x: x + 0.01 * rng.normal(size=x.shape), other)
+        perms, info = align.weight_matching(spec, params, other, key=jax.random.key(seed))
+        back = align.apply_permutation(spec, perms, other)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
+            # recovered exactly: only the planted noise (sd 0.01) remains
+            assert np.abs(np.asarray(a) - np.asarray(b)).max() < 0.1
+        assert info["objective"] == sorted(info["objective"])  # block descent is monotone
+
+
+def rms_twin(positions):
+    return build_transformer(256, width=32, depth=2, heads=4, context=16, positions=positions,
+                             norm="rmsnorm")  # fmt: skip
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_norm_rewrites_and_rotations_keep_the_logits(positions):
+    fn, params, tokens = lm(positions)
+    spec = align.spec_from_function(fn, params, tokens)
+    roles = orthogonal.roles(fn, spec, params, tokens)
+    assert len(roles.norms) == 5  # ln1, ln2 of two blocks, ln_f: found in the program
+    want = np.asarray(fn(params, tokens))
+    tol = 1e-4 * np.abs(want).max()  # float32 rounding of O(5) logits; wrong: O(1)
+    folded = orthogonal.fold(roles, params)
+    assert np.abs(np.asarray(fn(folded, tokens)) - want).max() < tol
+    rms = orthogonal.to_rmsnorm(roles, params)
+    got = rms_twin(positions).apply({"params": rms}, tokens)
+    assert np.abs(np.asarray(got) - want).max() < tol
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        r = orthogonal.random_rotation(32, rng)
+        rotated = orthogonal.rotate(roles, r, folded)
+        assert np.abs(np.asarray(fn(rotated, tokens)) - want).max() < tol
+        # the RMSNorm form takes any rotation of its centered stream too
+        rotated_rms = orthogonal.rotate(roles, r, rms)
+        got = rms_twin(positions).apply({"params": rotated_rms}, tokens)
+        assert np.abs(np.asarray(got) - want).max() < tol
+    # control: a rotation that moves the ones vector breaks the LayerNorm form
+    q, _ = np.linalg.qr(rng.normal(size=(32, 32)))
+    assert np.abs(np.asarray(fn(orthogonal.rotate(roles, q, folded), tokens)) - want).max() > 0.1
+
+
+def test_orthogonal_matching_recovers_planted_rotation_and_heads():
+    fn, params, tokens = lm("learned")
+    plain = align.spec_from_function(fn, params, tokens)
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    roles = orthogonal.roles(fn, plain, params, tokens)
+    rng = np.random.default_rng(3)
+    planted = align.random_permutations(spec, jax.random.key(5), params)
+    other = align.apply_permutation(spec, planted, orthogonal.fold(roles, params))
+    other = orthogonal.rotate(roles, orthogonal.random_rotation(32, rng), other)
+    # B in its own gauge: other norm gains and biases, same function
+    gauge = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    other = orthogonal.unfold(roles, other, gauge)
+    assert np.abs(np.asarray(fn(other, tokens)) - np.asarray(fn(params, tokens))).max() < 1e-3
+    aligned, info = orthogonal.weight_matching_orthogonal(spec, roles, params, other)
+    assert np.abs(np.asarray(fn(aligned, tokens)) - np.asarray(fn(params, tokens))).max() < 1e-3
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(aligned), strict=True):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-3  # B is A again
