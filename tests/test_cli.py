@@ -196,7 +196,7 @@ def test_ctrl_c_checkpoints_exits_130_and_the_rerun_resumes(tmp_path):
 
     workdir = tmp_path / "run"
     args = [sys.executable, "-m", "lmc.cli", "run", f"--workdir={workdir}", *TINY,
-            "--config.num_steps=2000", "--config.log_every_steps=10",
+            "--config.num_steps=600", "--config.log_every_steps=10",
             "--config.eval.methods=('naive',)"]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -214,4 +214,4 @@ def test_ctrl_c_checkpoints_exits_130_and_the_rerun_resumes(tmp_path):
     assert "Traceback" not in err
     rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert "child_0: resuming from step" in rerun.stderr and "of 2000" in rerun.stderr
+    assert "child_0: resuming from step" in rerun.stderr and "of 600" in rerun.stderr
