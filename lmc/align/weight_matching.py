@@ -408,18 +408,10 @@ def weight_matching(
         perms = [initial(init, n, s) for n, s in zip(problem.names, problem.sizes, strict=True)]
         with _single_threaded_blas() if problem.small else contextlib.nullcontext():
             runs.append(coordinate_descent(problem, perms, k, max_iter))
-    perms, objectives, sweeps = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
+    perms, _, _ = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
     out = {n: jnp.asarray(p) for n, p in zip(problem.names, perms, strict=True)}
     out = {n: jnp.asarray(p) for n, p in restack(stacked, out).items()}
-    for name in spec.axes:  # permutations that only touch running statistics
-        if name not in out:
-            size = check_sizes(*resolve(spec, params_a))[name]
-            shape = (spec.stacks[name], size) if name in spec.stacks else (size,)
-            out[name] = jnp.broadcast_to(jnp.arange(size), shape)
-    info = {"objective": objectives, "sweeps": sweeps, "wall_s": time.perf_counter() - t0}
-    if len(runs) > 1:
-        info["restart_objectives"] = [float(run[1][-1]) for run in runs if run[1]]
-    return out, info
+    return _result(spec, params_a, out, runs, t0)
 
 
 def _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, t0):
@@ -447,8 +439,15 @@ def _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, 
                 wspec, sizes, tree_a, tree_b, perms, rng, max_iter, solve_assignment
             )
         )
-    perms, objectives, sweeps = max(runs, key=lambda run: run[1][-1])
+    perms, _, _ = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
     out = {n: jnp.asarray(p) for n, p in perms.items()}
+    return _result(spec, params_a, out, runs, t0)
+
+
+def _result(spec, params_a, out: dict, runs: list, t0: float) -> tuple[dict, dict]:
+    """The best run's permutations, identity for those that only touch running
+    statistics, and the info dict (objective per sweep, restarts)."""
+    _, objectives, sweeps = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
     for name in spec.axes:  # permutations that only touch running statistics
         if name not in out:
             size = check_sizes(*resolve(spec, params_a))[name]
@@ -456,7 +455,7 @@ def _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, 
             out[name] = jnp.broadcast_to(jnp.arange(size), shape)
     info = {"objective": objectives, "sweeps": sweeps, "wall_s": time.perf_counter() - t0}
     if len(runs) > 1:
-        info["restart_objectives"] = [float(run[1][-1]) for run in runs]
+        info["restart_objectives"] = [float(run[1][-1]) for run in runs if run[1]]
     return out, info
 
 

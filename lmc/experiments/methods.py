@@ -98,7 +98,6 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
     if base == "naive":
         return eb, {}
     from lmc import align
-    from lmc.evaluate.metrics import cross_entropy
 
     t0 = time.perf_counter()
     spec = align.spec_from_model(model, dataset.train_x[:2])
@@ -125,24 +124,8 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         perms, info = align.activation_matching(spec, model, ea, eb, batches)
         extra = {}
     else:
-        batches = align_batches(config, dataset)
-
-        def midpoint_loss(tree, batch):
-            logits, _ = model.apply(tree["params"], tree["model_state"], batch[0], False)
-            return cross_entropy(logits, batch[1]).mean()
-
-        steps = int(config.align.ste_steps)
-        perms, info = align.ste(
-            spec,
-            ea,
-            eb,
-            midpoint_loss,
-            (batches[i % len(batches)] for i in range(steps)),
-            key=key,
-            steps=steps,
-            max_iter=config.align.max_iter,
-        )
-        extra = {"steps": steps, "sweeps": int(info.get("sweeps", 0))}
+        perms, info = straight_through(config, model, dataset, spec, ea, eb, key)
+        extra = {"steps": int(config.align.ste_steps), "sweeps": int(info.get("sweeps", 0))}
     aligned = align.apply_permutation(spec, perms, eb)
     extra["align_s"] = round(time.perf_counter() - t0, 3)
     return aligned, extra
@@ -220,29 +203,28 @@ def path_loss(config, model, dataset, spec, ea, eb, perms) -> float:
 
 def learned(config, model, dataset, spec, ea, eb, key, init):
     """The straight-through estimator over `spec` on the path loss (see the docstring)."""
+    return straight_through(config, model, dataset, spec, ea, eb, key, alpha=LEARNED_ALPHAS,
+                            init=init, optimizer=optax.adam(LEARNED_LR))  # fmt: skip
+
+
+def straight_through(config, model, dataset, spec, ea, eb, key, **options):
+    """`align.ste` on the training loss of interpolated networks over the fixed
+    alignment batches, `config.align.ste_steps` steps (Git Re-Basin's STE; `options`
+    give learned matching's alphas, start and optimizer)."""
     from lmc import align
     from lmc.evaluate.metrics import cross_entropy
 
     batches = align_batches(config, dataset)
 
-    def path_loss(tree, batch):
+    def loss(tree, batch):
         logits, _ = model.apply(tree["params"], tree["model_state"], batch[0], False)
         return cross_entropy(logits, batch[1]).mean()
 
     steps = int(config.align.ste_steps)
     return align.ste(
-        spec,
-        ea,
-        eb,
-        path_loss,
-        (batches[i % len(batches)] for i in range(steps)),
-        key=key,
-        steps=steps,
-        max_iter=int(config.align.max_iter),
-        alpha=LEARNED_ALPHAS,
-        init=init,
-        optimizer=optax.adam(LEARNED_LR),
-    )
+        spec, ea, eb, loss, (batches[i % len(batches)] for i in range(steps)), key=key,
+        steps=steps, max_iter=int(config.align.max_iter), **options,
+    )  # fmt: skip
 
 
 def align_batches(config, dataset) -> list[tuple]:
