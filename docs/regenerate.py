@@ -1,6 +1,12 @@
-"""Regenerate the README's default-run numbers and figure from a fresh run: one command.
+"""Regenerate the README's numbers and figures from fresh runs: one command.
 
-    python docs/regenerate.py            # runs `lmc run` (configs/default.py), ~20-40 s
+    python docs/regenerate.py            # the default run (configs/default.py), ~15-40 s
+    python docs/regenerate.py --all      # also every docs/lm_*.png (about an hour on 2 cores)
+
+`--all` adds configs/lm_code_vs_prose.py (-> docs/lm_code_vs_prose.png) and the 3
+lm_rebasin pairs of benchmarks/lm_rebasin_pairs.py (-> docs/lm_rebasin_loss.png,
+docs/lm_rebasin_curves.png); their tables in the README are then updated by hand from
+the printed numbers.
 
 Writes docs/default_curves.png (the run's curves.png), docs/default_run.json (the
 numbers, the machine, the wall time) and rewrites the README block between
@@ -12,6 +18,7 @@ config and fails when the stated numbers differ from a fresh run.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -41,8 +48,6 @@ def numbers_from(results: dict, wall_s: float) -> dict:
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 
@@ -69,8 +74,24 @@ def write_readme(n: dict) -> None:
     README.write_text(text[:start] + "\n" + block(n) + "\n" + text[stop:])
 
 
+def regenerate_language_models(tmp: Path) -> None:
+    """The language-model figures of the README, from fresh runs."""
+    cvp = tmp / "lm_code_vs_prose"
+    subprocess.run([sys.executable, "-m", "lmc.cli", "run", "--config=configs/lm_code_vs_prose.py",
+                    f"--workdir={cvp}"], cwd=ROOT, check=True)  # fmt: skip
+    shutil.copy(cvp / "code_vs_prose.png", ROOT / "docs" / "lm_code_vs_prose.png")
+    pairs = [sys.executable, "benchmarks/lm_rebasin_pairs.py", f"--workdir={tmp / 'pairs'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([*pairs, "--pairs=3"], cwd=ROOT, env=env, check=True)
+    subprocess.run([*pairs, f"--plot={ROOT / 'docs' / 'lm_rebasin'}"], cwd=ROOT, env=env,
+                   check=True)  # fmt: skip
+
+
 def main() -> int:
+    every = "--all" in sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
+        if every:
+            regenerate_language_models(Path(tmp))
         workdir = Path(tmp) / "default"
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "lmc.cli", "run", f"--workdir={workdir}"],
