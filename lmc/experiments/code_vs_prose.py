@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DOMAINS = ("code", "prose")
 PLOT_FILE = "code_vs_prose.png"
+ALIGNED_COLORS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
 # ---- config -------------------------------------------------------------------------
@@ -319,12 +320,11 @@ def plot_results(results: dict, path: str | Path) -> None:
         for i, (label, entry) in enumerate(lines):
             if label.startswith("fork"):
                 style = dict(color=cmap(i / max(n_spawn - 1, 1) * 0.85), lw=2)
-            else:
-                style = dict(
-                    color="tab:red" if "naive" in label else "tab:orange",
-                    lw=1.5,
-                    ls="--" if "naive" in label else "-.",
-                )
+            elif "naive" in label:
+                style = dict(color="tab:red", lw=1.5, ls="--")
+            else:  # one colour per alignment method of the independent pair
+                aligned = i - n_spawn - 1
+                style = dict(color=ALIGNED_COLORS[aligned % len(ALIGNED_COLORS)], lw=1.5, ls="-.")
             ax.plot(entry["alphas"], entry["curves"][f"{d}_loss"], label=label, **style)
         mix = results["mixture"][d]["loss"]
         ax.axhline(mix, color="gray", ls=":", lw=1.5, label="mixture model (same steps)")
