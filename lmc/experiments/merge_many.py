@@ -19,8 +19,6 @@ from lmc.errors import UserError
 from lmc.evaluate.metrics import language_model_metrics
 from lmc.experiments import setup, tables
 
-NETWORKS = ("models", "naive_average", "merged")
-
 
 def num_models(config) -> int:
     n = int(config.merge.num_models)

@@ -19,10 +19,6 @@ TEXT_OPTIONS = ("context", "eval_windows", "test_fraction", "max_bytes", "mix", 
                 "prose_dir")  # fmt: skip
 
 
-def is_text(config) -> bool:
-    return str(config.data.name).startswith("text:")
-
-
 def load_data(config, name: str | None = None):
     """The dataset of `config.data` (or source `name` with the same options)."""
     name = name or config.data.name
