@@ -49,6 +49,13 @@ def parse_args():
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--train_only", action="store_true")
+    p.add_argument(
+        "--at_step",
+        type=int,
+        default=0,
+        help="evaluate the children's checkpoints of this step instead of the final ones "
+        "(the training-length trend; checkpoints every config.checkpoint.every_steps)",
+    )
     p.add_argument("--out", default="pairs.json", help="file name inside --workdir")
     p.add_argument(
         "--plot",
@@ -120,6 +127,30 @@ def pair_config(config, p: int):
     return c
 
 
+def endpoints_at(config, model, dataset, pair_dir: Path, step: int) -> list[dict]:
+    """The two children's endpoints at checkpoint `step` (a clear error if not kept)."""
+    from lmc.checkpoint import Checkpointer
+    from lmc.training import state as state_lib
+    from lmc.training.siblings import child_seeds
+
+    optimizer = state_lib.make_optimizer_for(config, state_lib.total_steps(config, dataset))
+    out = []
+    for i in (0, 1):
+        template = state_lib.init_state(
+            model, optimizer, child_seeds(config, i).init, dataset.train_x[:1]
+        )
+        ckpt = Checkpointer(pair_dir / f"child_{i}" / "checkpoints", every_steps=1)
+        try:
+            if step not in ckpt.steps():
+                raise SystemExit(
+                    f"--at_step={step}: {pair_dir}/child_{i} keeps checkpoints {ckpt.steps()}"
+                )
+            out.append(state_lib.endpoint(ckpt.restore(step, template)))
+        finally:
+            ckpt.close()
+    return out
+
+
 def main():
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -141,6 +172,8 @@ def main():
         if args.train_only:
             timings.append({"pair": p, "train_or_load_s": round(train_s, 1)})
             continue
+        if args.at_step:
+            ea, eb = endpoints_at(c, model, dataset, root / f"pair{p}", args.at_step)
         endpoints = compare.endpoint_metrics(c, model, dataset, {"a": ea, "b": eb})
         entries = compare.compare_pair(c, model, dataset, ea, eb, methods)
         pairs.append({"pair": p, "endpoints": endpoints, "methods": entries})
@@ -153,6 +186,7 @@ def main():
     summary = compare.summarize([p["methods"] for p in pairs])
     out = {
         "config": config.to_dict(),
+        "at_step": args.at_step or None,
         "methods": methods,
         "pairs": [
             {

@@ -85,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.align.max_iter = 100
     c.align.ste_steps = 200
     c.align.activation_batches = 10
+    # learned_matching: Adam steps (one training batch and one interpolation weight
+    # each) and step size for the orthogonal maps' generators.
+    c.align.learned_steps = 1000
+    c.align.learned_lr = 1e-2
 
     # Sweep experiments (ignored by `pair`).
     c.instability = ml_collections.ConfigDict()

@@ -132,3 +132,79 @@ def test_orthogonal_matching_recovers_planted_rotation_and_heads():
     assert np.abs(np.asarray(fn(aligned, tokens)) - np.asarray(fn(params, tokens))).max() < 1e-3
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(aligned), strict=True):
         assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-3  # B is A again
+
+
+def within_head(spec, names):
+    """The nested (per-head) permutations among `names`."""
+    return {n for n in names if n in nested_units(spec)}
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_orthogonal_classes_are_the_within_head_maps_and_keep_the_logits(positions):
+    """Learned matching's continuous classes, found by the numeric test: per-head
+    orthogonal maps of query/key (learned positions only) and of value/output; never
+    the MLP units or the heads. A random element leaves the logits unchanged."""
+    from lmc.align import learned
+
+    fn, params, tokens = lm(positions)
+    plain = align.spec_from_function(fn, params, tokens)
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    roles = orthogonal.roles(fn, plain, params, tokens)
+    classes = learned.orthogonal_classes(fn, spec, params, tokens, exclude=(roles.residual,))
+    assert set(classes) == set(nested_units(spec))  # exactly the within-head families
+    assert len(classes) == (4 if positions == "learned" else 2)
+    rng = np.random.default_rng(1)
+    want = np.asarray(fn(params, tokens))
+    maps = {n: jnp.asarray(learned._random_orthogonal(spec.shape(n) + (spec.sizes[n],), rng),
+                           jnp.float32) for n in classes}  # fmt: skip
+    got = np.asarray(fn(learned.apply_maps(spec, maps, params), tokens))
+    assert np.abs(got - want).max() < 1e-3 * max(1.0, np.abs(want).max())
+    # an MLP's units are not orthogonally symmetric (GELU): the same map moves the logits
+    mlp = next(n for n in spec.names if n not in nested_units(spec) and spec.sizes[n] == 128)
+    bad = {mlp: jnp.asarray(learned._random_orthogonal((128, 128), rng), jnp.float32)}
+    assert np.abs(np.asarray(fn(learned.apply_maps(spec, bad, params), tokens)) - want).max() > 0.1
+
+
+def test_learned_matching_recovers_planted_orthogonal_maps_and_keeps_bs_function():
+    """B = A under a planted residual rotation and per-head orthogonal maps, in another
+    norm gauge. Learned matching on a path loss that is zero exactly when T(B) = A
+    brings the midpoint back to A's function; T(B) still computes B's function."""
+    from lmc.align import learned
+
+    fn, params, tokens = lm("learned")
+    plain = align.spec_from_function(fn, params, tokens)
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    roles = orthogonal.roles(fn, plain, params, tokens)
+    classes = learned.orthogonal_classes(fn, spec, params, tokens, exclude=(roles.residual,))
+    rng = np.random.default_rng(4)
+
+    def near_identity(shape, scale=0.4):
+        s = rng.normal(size=shape) * scale / np.sqrt(shape[-1])
+        return learned._expm_skew(jnp.asarray(s, jnp.float32))
+
+    folded = orthogonal.fold(roles, params)
+    other = learned.apply_maps(spec, {n: near_identity(spec.shape(n) + (spec.sizes[n],))
+                                      for n in classes}, folded)  # fmt: skip
+    basis = jnp.asarray(orthogonal._complement(32), jnp.float32)
+    r = learned._rotation(jnp.asarray(rng.normal(size=(31, 31)) * 0.05, jnp.float32), basis)
+    other = orthogonal.rotate(roles, np.asarray(r, np.float64), jax.tree.map(np.asarray, other))
+    gauge = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    other = orthogonal.unfold(roles, other, gauge)
+    want_a, want_b = np.asarray(fn(params, tokens)), np.asarray(fn(other, tokens))
+    assert np.abs(want_b - want_a).max() < 1e-2 * np.abs(want_a).max()  # B is A's function
+
+    def loss(p, batch):
+        return jnp.mean((fn(p, batch) - want_a) ** 2)
+
+    def midpoint_loss(b):
+        fa, fb = orthogonal.fold(roles, params), orthogonal.fold(roles, b)
+        return float(loss(jax.tree.map(lambda x, y: (x + y) / 2, fa, fb), tokens))
+
+    aligned, info = learned.learned_matching(
+        spec, roles, classes, params, other, loss, (tokens for _ in range(300)), steps=300,
+        learning_rate=3e-2,
+    )  # fmt: skip
+    assert info["steps"] == 300 and info["residual"]
+    assert np.abs(np.asarray(fn(aligned, tokens)) - want_b).max() < 1e-2 * np.abs(want_b).max()
+    before, after = midpoint_loss(other), midpoint_loss(aligned)
+    assert after < 0.05 * before, (before, after)  # measured: 0.42 -> 0.0086

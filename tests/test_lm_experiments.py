@@ -97,8 +97,9 @@ def test_lm_pair_runs_every_alignment_method(tmp_path):
     c = tiny_lm_config(tmp_path, "pair")
     c.data.name = "text:code"
     c.eval.methods = ("naive", "weight_matching", "activation_matching", "ste",
-                      "weight_matching+repair")  # fmt: skip
+                      "learned_matching", "weight_matching+repair")  # fmt: skip
     c.align.ste_steps = 3
+    c.align.learned_steps = 3
     c.align.activation_batches = 2
     results = run_experiment(c, tmp_path / "pair")
     assert set(results["endpoints"]["a"]) >= {
@@ -110,6 +111,8 @@ def test_lm_pair_runs_every_alignment_method(tmp_path):
         assert "error" not in entry, (method, entry.get("traceback"))
         assert set(entry["barrier"]) == {"train_loss", "train_error", "test_loss", "test_error"}
         assert len(entry["curves"]["test_loss"]) == 3
+    learned = results["methods"]["learned_matching"]
+    assert learned["steps"] == 3 and len(learned["learned_classes"]) == 2  # QK, VO per head
     assert (tmp_path / "pair" / "curves.png").exists()
 
 

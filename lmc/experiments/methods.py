@@ -16,10 +16,12 @@ model (`align.spec_from_model`), whatever the model family. Bases:
   orthogonal residual-stream map (Procrustes, after folding the norms' gains into
   their readers; `lmc.align.orthogonal`) alternated with weight matching. Needs a
   pre-norm model whose residual stream is rotation-symmetric (checked numerically).
-- `learned_matching`: the straight-through estimator over the nested class, started
-  from `weight_matching_heads`, on the path loss at interpolation weights drawn
-  uniformly from `LEARNED_ALPHAS` (Theus et al. 2025's learned matching, with
-  permutations where they also learn orthogonal maps).
+- `learned_matching`: `weight_matching_orthogonal`, then orthogonal maps learned on
+  the path loss (Theus et al. 2025's learned matching; `lmc.align.learned`): the
+  residual-stream rotation and one orthogonal map per head for query/key and for
+  value/output (every class the traced program shows to be orthogonally symmetric),
+  trained by Adam on the training loss at interpolation weights drawn uniformly from
+  `LEARNED_ALPHAS`, `config.align.learned_steps` steps; the permutations stay fixed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import time
 
 import jax
-import optax
+import numpy as np
 
 from lmc.errors import UserError
 
@@ -37,14 +39,9 @@ BASE_METHODS = ("naive", "weight_matching", "activation_matching", "ste",
 # Plain weight matching's visiting orders tried before the nested refinement: its
 # objective has many local optima on attention layers.
 WM_RESTARTS = 4
-# The interpolation weights the learned matching's path loss is drawn from ("around
-# 0.5": the barrier's maximum sits near the midpoint, and one point alone can be
-# fitted without lowering its neighbours).
-LEARNED_ALPHAS = (0.3, 0.7)
-# Adam's step for the proxy weights. Git Re-Basin's 1e-3 moves each weight of these
-# LMs (init std 0.02) by about its own size in tens of steps: measured on lm_rebasin,
-# the path loss rose from 2.26 to 3.3 within 5 steps at 1e-3.
-LEARNED_LR = 1e-4
+# The interpolation weights the learned matching's path loss is drawn from: around
+# the midpoint, where the barrier sits, so the whole middle of the path is lowered.
+LEARNED_ALPHAS = (0.2, 0.8)
 NORM_SUFFIXES = ("", "reset", "repair")
 TUPLE_SYNTAX = "--config.eval.methods=\"('naive','weight_matching')\""
 
@@ -107,18 +104,10 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         extra = {"sweeps": int(info["sweeps"])}
     elif base == "weight_matching_orthogonal":
         return orthogonal_matching(config, model, dataset, spec, ea, eb, key, t0)
-    elif base in ("weight_matching_heads", "learned_matching"):
+    elif base == "learned_matching":
+        return learned(config, model, dataset, spec, ea, eb, key, t0)
+    elif base == "weight_matching_heads":
         spec, perms, extra = heads_matching(config, model, dataset, spec, ea, eb, key)
-        if base == "learned_matching":
-            start = perms
-            perms, info = learned(config, model, dataset, spec, ea, eb, key, perms)
-            # Keep the learned permutations only if they lower the path loss on the
-            # training batches they were learned on (no held-out data is used).
-            losses = [path_loss(config, model, dataset, spec, ea, eb, p) for p in (start, perms)]
-            if losses[1] > losses[0]:
-                perms = start
-            extra = {"steps": int(info["steps"]), "sweeps": int(info["sweeps"]),
-                     "path_loss_start": losses[0], "path_loss_learned": losses[1]}  # fmt: skip
     elif base == "activation_matching":
         batches = [x for x, _ in align_batches(config, dataset)]
         perms, info = align.activation_matching(spec, model, ea, eb, batches)
@@ -185,32 +174,50 @@ def orthogonal_matching(config, model, dataset, plain_spec, ea, eb, key, t0):
     return {"params": params_b, "model_state": eb["model_state"]}, extra
 
 
-def path_loss(config, model, dataset, spec, ea, eb, perms) -> float:
-    """Mean training loss at alpha in LEARNED_ALPHAS and 0.5 on the alignment batches."""
+def learned(config, model, dataset, plain_spec, ea, eb, key, t0):
+    """`learned_matching`: returns (aligned endpoint b, info)."""
     from lmc import align
+    from lmc.align import learned as learned_lib
+    from lmc.align import orthogonal
     from lmc.evaluate.metrics import cross_entropy
 
-    b = align.apply_permutation(spec, perms, eb)
-    total, count = 0.0, 0
-    for alpha in (LEARNED_ALPHAS[0], 0.5, LEARNED_ALPHAS[1]):
-        mid = jax.tree.map(lambda x, y: (1 - alpha) * x + alpha * y, ea, b)  # noqa: B023
-        for x, y in align_batches(config, dataset):
-            logits, _ = model.apply(mid["params"], mid["model_state"], x, False)
-            total += float(cross_entropy(logits, y).mean())
-            count += 1
-    return total / count
+    start, extra = orthogonal_matching(config, model, dataset, plain_spec, ea, eb, key, t0)
+    state = ea["model_state"]
+    x = dataset.train_x[:2]
+
+    def fn(params, x):
+        return model.apply(params, state, x, False)[0]
+
+    spec = align.spec_from_model(model, x, nested=True).subtree("params")
+    roles = orthogonal.roles(fn, plain_spec.subtree("params"), ea["params"], x)
+    classes = learned_lib.orthogonal_classes(fn, spec, ea["params"], x, exclude=(roles.residual,))
+
+    def loss(params, batch):
+        logits, _ = model.apply(params, state, batch[0], False)
+        return cross_entropy(logits, batch[1]).mean()
+
+    size = min(int(config.batch_size), dataset.num_train)
+    seed = int(config.align.seed) + 20_000  # not any child's data seed, nor align_batches'
+    steps = int(config.align.learned_steps)
+    batches = (dataset.train_batch(seed, s, size) for s in range(steps))
+    params_b, info = learned_lib.learned_matching(
+        spec, roles, classes, ea["params"], start["params"], loss, batches, key=key,
+        steps=steps, learning_rate=float(config.align.learned_lr), alpha=LEARNED_ALPHAS,
+    )  # fmt: skip
+    losses = info["losses"]
+    tail = max(1, len(losses) // 10)
+    extra.update({
+        "steps": info["steps"], "learned_classes": info["classes"],
+        "path_loss_first": losses[0] if losses else None,
+        "path_loss_last": float(np.mean(losses[-tail:])) if losses else None,
+        "align_s": round(time.perf_counter() - t0, 3),
+    })  # fmt: skip
+    return {"params": params_b, "model_state": eb["model_state"]}, extra
 
 
-def learned(config, model, dataset, spec, ea, eb, key, init):
-    """The straight-through estimator over `spec` on the path loss (see the docstring)."""
-    return straight_through(config, model, dataset, spec, ea, eb, key, alpha=LEARNED_ALPHAS,
-                            init=init, optimizer=optax.adam(LEARNED_LR))  # fmt: skip
-
-
-def straight_through(config, model, dataset, spec, ea, eb, key, **options):
+def straight_through(config, model, dataset, spec, ea, eb, key):
     """`align.ste` on the training loss of interpolated networks over the fixed
-    alignment batches, `config.align.ste_steps` steps (Git Re-Basin's STE; `options`
-    give learned matching's alphas, start and optimizer)."""
+    alignment batches, `config.align.ste_steps` steps (Git Re-Basin's STE)."""
     from lmc import align
     from lmc.evaluate.metrics import cross_entropy
 
@@ -223,7 +230,7 @@ def straight_through(config, model, dataset, spec, ea, eb, key, **options):
     steps = int(config.align.ste_steps)
     return align.ste(
         spec, ea, eb, loss, (batches[i % len(batches)] for i in range(steps)), key=key,
-        steps=steps, max_iter=int(config.align.max_iter), **options,
+        steps=steps, max_iter=int(config.align.max_iter),
     )  # fmt: skip
 
 

@@ -1,0 +1,198 @@
+"""Learned matching over continuous symmetries: orthogonal maps trained on the path loss.
+
+Theus et al. (2025) reach near-zero barriers between independently trained
+transformers by *learning* the alignment: the transformations of B are parameters,
+trained so that the interpolations (1 - alpha) A + alpha T(B), alpha drawn around the
+midpoint, have low training loss. Permutations are discrete; the classes that make
+this work on transformers are continuous:
+
+- the residual stream: one orthogonal R fixing the all-ones direction, on the model
+  with its norms' gains folded into their readers (`lmc.align.orthogonal`);
+- every permutation of the spec whose axes admit *any* orthogonal map, e.g. the
+  query/key and value/output dimensions within a head (q k^T and v W_o are unchanged
+  by q -> q O, k -> k O and v -> v O, W_o -> O^T W_o). Which classes qualify is not
+  assumed: `orthogonal_classes` applies a random orthogonal element of each candidate
+  to the traced function and keeps those that leave the outputs unchanged (an MLP's
+  units, behind an elementwise nonlinearity, do not; heads, behind a per-head
+  softmax, do not). A stacked (per-head) permutation gets one map per index.
+
+Each map is the matrix exponential of a learned skew-symmetric matrix, so every
+iterate is exactly orthogonal and the model's function never changes: only the
+interpolation does. The permutations found before (the start, e.g. weight matching
+with the orthogonal residual rounds) stay fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lmc.align import orthogonal
+from lmc.align.spec import AxisRef, PermutationSpec, get_leaf, set_leaves
+from lmc.errors import UserError
+
+Path = tuple[str, ...]
+
+
+def _map_axis(x, m, ref: AxisRef):
+    """x with axis `ref.axis` mapped by m: x[..., j, ...] = sum_i x[..., i, ...] m[i, j];
+    m is (n, n), or (L, n, n) with one map per index of the stacking axis `ref.stack`."""
+    axis = ref.axis % x.ndim
+    if m.ndim == 2:
+        return jnp.moveaxis(jnp.tensordot(x, m, axes=([axis], [0])), -1, axis)
+    stack = ref.stack % x.ndim
+    y = jnp.moveaxis(x, (stack, axis), (0, 1))
+    y = jnp.einsum("lij,li...->lj...", m, y)
+    return jnp.moveaxis(y, (0, 1), (stack, axis))
+
+
+def apply_maps(spec: PermutationSpec, maps: dict, params):
+    """`params` with each permutation `name` of `maps` replaced by the matrices
+    `maps[name]` ((n, n), or (L, n, n) when stacked) on every axis it acts on."""
+    updates: dict[Path, jnp.ndarray] = {}
+    for name, m in maps.items():
+        for ref in spec.axes[name]:
+            x = updates.get(ref.path, get_leaf(params, ref.path))
+            updates[ref.path] = _map_axis(jnp.asarray(x), m, ref)
+    return set_leaves(params, updates)
+
+
+def _random_orthogonal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=shape))
+    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+
+
+def orthogonal_classes(
+    fn: Callable, spec: PermutationSpec, params, *args, exclude=(), seed: int = 0, rtol=1e-4
+) -> tuple[str, ...]:
+    """Permutations of `spec` (paths relative to `params`) that are also symmetries
+    under any orthogonal map of their axes, checked numerically on `fn(params, *args)`.
+
+    Candidates: every permutation not in `exclude` whose axes are whole (unblocked).
+    Each gets a random orthogonal element alone; it qualifies if the outputs change
+    by at most `rtol` relative to their scale."""
+    rng = np.random.default_rng(seed)
+    call = jax.jit(fn)
+    want = np.asarray(call(params, *args), np.float64)
+    scale = max(1.0, float(np.abs(want).max()))
+    found = []
+    for name in spec.names:
+        if name in exclude or any(r.inner != 1 for r in spec.axes[name]):
+            continue
+        n = spec.sizes[name]
+        if n < 2:
+            continue
+        shape = (spec.stacks[name], n, n) if name in spec.stacks else (n, n)
+        m = jnp.asarray(_random_orthogonal(shape, rng), jnp.float32)
+        got = np.asarray(call(apply_maps(spec, {name: m}, params), *args), np.float64)
+        if float(np.abs(got - want).max()) / scale <= rtol:
+            found.append(name)
+    return tuple(found)
+
+
+def _expm_skew(s):
+    s = s - jnp.swapaxes(s, -1, -2)
+    return jax.vmap(jax.scipy.linalg.expm)(s) if s.ndim == 3 else jax.scipy.linalg.expm(s)
+
+
+def _rotation(theta, basis):
+    """R = Q exp(S - S^T) Q^T + 1 1^T / d: orthogonal, R 1 = 1 (Q: basis of 1's complement)."""
+    d = basis.shape[0]
+    return basis @ _expm_skew(theta) @ basis.T + jnp.ones((d, d), basis.dtype) / d
+
+
+def _rotate(roles: orthogonal.Roles, r, params):
+    skip = roles.norm_leaves()
+    refs = [AxisRef(path, axis) for path, axis in roles.axes if path not in skip]
+    updates = {ref.path: _map_axis(jnp.asarray(get_leaf(params, ref.path)), r, ref) for ref in refs}
+    return set_leaves(params, updates)
+
+
+def learned_matching(
+    spec: PermutationSpec,
+    roles: orthogonal.Roles | None,
+    classes: Iterable[str],
+    params_a,
+    params_b,
+    loss_fn: Callable,
+    batches: Iterable,
+    *,
+    key=None,
+    steps: int = 300,
+    learning_rate: float = 1e-2,
+    alpha: tuple[float, float] = (0.2, 0.8),
+):
+    """B (already permuted to match A) with orthogonal maps learned on the path loss.
+
+    `spec` (paths relative to the params), `roles` (the residual stream, or None) and
+    `classes` (from `orthogonal_classes`) say what is learned. `loss_fn(params, batch)`
+    is a training loss; each of `steps` steps takes one batch from `batches` and one
+    interpolation weight drawn uniformly from `alpha`, and Adam (`learning_rate`,
+    cosine-decayed to 0)
+    follows the gradient of the loss at (1 - alpha) A + alpha T(B) with respect to the
+    maps' skew-symmetric generators (all zero at the start: T is the identity).
+
+    Returns (params of T(B) in A's norm gauge, info with `losses` per step and `steps`).
+    The result computes the same function as `params_b`; with `roles` the
+    interpolation is that of the folded models (see `orthogonal.unfold`)."""
+    t0 = time.perf_counter()
+    classes = tuple(classes)
+    if roles is None and not classes:
+        raise UserError(
+            "learned matching found no continuous symmetry to learn: no residual stream "
+            "with foldable norms and no permutation whose axes admit orthogonal maps; "
+            "use ste (learned permutations) instead"
+        )
+    lo, hi = (float(a) for a in alpha)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise UserError(f"learned matching: alpha range must satisfy 0 <= lo <= hi <= 1, got {alpha}")
+    key = jax.random.key(0) if key is None else key
+    fold = (lambda p: orthogonal.fold(roles, p)) if roles is not None else (lambda p: p)
+    pa = jax.tree.map(jnp.asarray, fold(params_a))
+    pb = jax.tree.map(jnp.asarray, fold(params_b))
+    theta: dict = {
+        "maps": {n: jnp.zeros(spec.shape(n) + (spec.sizes[n],), jnp.float32) for n in classes}
+    }
+    basis = None
+    if roles is not None:
+        d = int(np.shape(get_leaf(params_a, roles.norms[0].scale))[0])
+        basis = jnp.asarray(orthogonal._complement(d), jnp.float32)
+        theta["residual"] = jnp.zeros((d - 1, d - 1), jnp.float32)
+
+    def transform(theta, p):
+        p = apply_maps(spec, {n: _expm_skew(s) for n, s in theta["maps"].items()}, p)
+        if basis is not None:
+            p = _rotate(roles, _rotation(theta["residual"], basis), p)
+        return p
+
+    def path_loss(theta, batch, a):
+        tb = transform(theta, pb)
+        return loss_fn(jax.tree.map(lambda x, y: (1 - a) * x + a * y, pa, tb), batch)
+
+    # Cosine decay: the late steps, with small batches, would otherwise keep moving
+    # the maps by the noise of single batches.
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, max(1, int(steps))))
+
+    @jax.jit
+    def step(theta, opt_state, batch, a):
+        loss, grads = jax.value_and_grad(path_loss)(theta, batch, a)
+        updates, opt_state = optimizer.update(grads, opt_state, theta)
+        return optax.apply_updates(theta, updates), opt_state, loss
+
+    opt_state = optimizer.init(theta)
+    losses = []
+    alphas = np.asarray(jax.random.uniform(key, (int(steps),), minval=lo, maxval=hi))
+    for i, batch in zip(range(int(steps)), batches, strict=False):
+        theta, opt_state, loss = step(theta, opt_state, batch, float(alphas[i]))
+        losses.append(float(loss))
+    out = jax.tree.map(np.asarray, transform(theta, pb))
+    if roles is not None:
+        out = orthogonal.unfold(roles, out, params_a)
+    info = {"losses": losses, "steps": len(losses), "classes": list(classes),
+            "residual": roles is not None, "seconds": time.perf_counter() - t0}  # fmt: skip
+    return out, info
