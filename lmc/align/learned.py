@@ -150,7 +150,9 @@ def learned_matching(
         )
     lo, hi = (float(a) for a in alpha)
     if not 0.0 <= lo <= hi <= 1.0:
-        raise UserError(f"learned matching: alpha range must satisfy 0 <= lo <= hi <= 1, got {alpha}")
+        raise UserError(
+            f"learned matching: alpha range must satisfy 0 <= lo <= hi <= 1, got {alpha}"
+        )
     key = jax.random.key(0) if key is None else key
     fold = (lambda p: orthogonal.fold(roles, p)) if roles is not None else (lambda p: p)
     pa = jax.tree.map(jnp.asarray, fold(params_a))
