@@ -118,6 +118,16 @@ MUTATIONS = [
         (f"{SCIENCE}::test_ste_lowers_the_midpoint_loss_that_weight_matching_leaves",),
     ),
     Mutation(
+        "learned matching: the orthogonal maps never move",
+        "lmc/align/learned.py",
+        "return optax.apply_updates(theta, updates), opt_state, loss",
+        "return theta, opt_state, loss",
+        (
+            "tests/test_align_transformer.py::"
+            "test_learned_matching_recovers_planted_orthogonal_maps_and_keeps_bs_function",
+        ),
+    ),
+    Mutation(
         "barrier: measured against the endpoints' mean instead of the line",
         "lmc/evaluate/barriers.py",
         "gaps = [v - ((1 - a) * f0 + a * f1) for a, v in zip(alphas, values, strict=True)]",

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None):
     c.eval_every_steps = 200  # held-out loss in metrics.jsonl: the loss curves
     c.spawn.mode = "independent"
     c.spawn.child_seeds = (1, 2)
-    c.eval.methods = ("naive", "weight_matching", "weight_matching_heads")
-    c.align.ste_steps = 50  # learned_matching: each step is one (nested) weight matching
+    c.eval.methods = ("naive", "activation_matching", "weight_matching_orthogonal",
+                      "learned_matching")  # fmt: skip
+    c.align.ste_steps = 50  # ste: each step is one weight matching of the whole model
     return c

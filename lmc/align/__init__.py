@@ -24,7 +24,8 @@ and helper takes them.
 `check(fn, spec, params, *args)` applies a random element of the spec and reports the
 largest output change, and which parameter axes stay unpermuted and why.
 
-Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`. Helpers:
+Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`, and
+`learned_matching` (orthogonal maps learned on the path loss; `lmc.align.learned`). Helpers:
 `identity`, `compose`, `inverse`, `random_permutations`. Specs are always traced;
 the hand-written specs that check the tracer live with the tests (`tests/oracles`).
 """
@@ -32,6 +33,7 @@ the hand-written specs that check the tracer live with the tests (`tests/oracles
 from lmc.align import trace
 from lmc.align.activation_matching import activation_matching
 from lmc.align.check import CheckReport, check
+from lmc.align.learned import learned_matching, orthogonal_classes
 from lmc.align.merge_many import merge_many
 from lmc.align.spec import (
     AxisRef,
@@ -57,8 +59,10 @@ __all__ = [
     "compose",
     "identity",
     "inverse",
+    "learned_matching",
     "merge_many",
     "nested_units",
+    "orthogonal_classes",
     "random_permutations",
     "spec_from_function",
     "spec_from_model",
