@@ -63,7 +63,38 @@ def parse_args():
         help="only plot: loss curves (metrics.jsonl) and barrier curves of the pairs.json "
         "files given (comma-separated, inside --workdir) into this PNG path prefix",
     )
+    p.add_argument(
+        "--trend",
+        default="",
+        help="only plot: test-loss barrier versus training step from the pairs.json files "
+        "given with --out (one per --at_step, comma-separated) into this PNG path",
+    )
     return p.parse_args()
+
+
+def plot_trend(root: Path, names: list[str], path: str) -> None:
+    """Barrier (mean and each pair) versus the training step the pairs were taken at."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads((root / name).read_text()) for name in names]
+    runs.sort(key=lambda r: r.get("at_step") or r["config"]["num_steps"])
+    steps = [r.get("at_step") or r["config"]["num_steps"] for r in runs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in runs[0]["methods"]:
+        values = np.array([[p["methods"][method]["barrier"]["test_loss"] for p in r["pairs"]]
+                           for r in runs])  # fmt: skip
+        line = ax.plot(steps, values.mean(axis=1), "o-", label=f"{method} (mean)")[0]
+        for column in values.T:
+            ax.plot(steps, column, ".", color=line.get_color(), alpha=0.5)
+    ax.set(xlabel="training step of both models", ylabel="test-loss barrier (nats/byte)",
+           title="lm_rebasin: barrier versus training length (dots: pairs)")  # fmt: skip
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(root: Path, names: list[str], prefix: str) -> None:
@@ -156,6 +187,9 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.plot:
         plot(Path(args.workdir), args.out.split(","), args.plot)
+        return
+    if args.trend:
+        plot_trend(Path(args.workdir), args.out.split(","), args.trend)
         return
     config = build_config(args.set)
     root = Path(args.workdir)
