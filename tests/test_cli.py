@@ -144,6 +144,17 @@ def test_run_end_to_end_then_reuse_then_refuse_other_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "weight_matching" in out and "barrier test_loss" in out
 
+    # Another method list only re-evaluates: nothing retrained, old results kept.
+    capsys.readouterr()
+    assert main(["lmc", "run", f"--workdir={workdir}", *TINY,
+                 "--config.eval.methods=('naive',)"]) == 0  # fmt: skip
+    assert "only evaluation keys changed" in capsys.readouterr().err
+    assert (workdir / "child_0" / "metrics.jsonl").read_text() == metrics_before
+    assert set(json.loads((workdir / "results.json").read_text())["methods"]) == {"naive"}
+    (kept,) = workdir.glob("results.*.json")
+    assert json.loads(kept.read_text()) == again
+    assert json.loads((workdir / "config.json").read_text())["eval"]["methods"] == ["naive"]
+
 
 def test_overwrite_replaces_a_workdir_made_by_another_config(tmp_path):
     workdir = tmp_path / "run"

@@ -1,16 +1,33 @@
 """Guard a workdir: one config per workdir, reruns reuse it, a different config is refused.
 
+Evaluation keys are the exception: a config that differs only in `EVAL_ONLY_KEYS`
+(which methods, how many alphas, the alignment's settings) trains the same networks,
+so the workdir is adopted for it and its checkpoints are reused: a trained pair is
+re-evaluated with another method without retraining. The previous results.json is
+kept beside the new one as results.<its config hash>.json.
+
 Local directories and object-store URLs alike (`lmc.io`)."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 from lmc import io
 from lmc.errors import UserError
 from lmc.io.lock import LOCK_FILE
 from lmc.provenance import config_hash
 
+log = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+# Keys that change what is measured on the trained networks, never the training:
+# `eval.batch_size` is absent because train-time evaluation (metrics.jsonl) uses it.
+EVAL_ONLY_KEYS = (
+    ("eval", "methods"), ("eval", "num_alphas"), ("eval", "norm"),
+    ("eval", "bn_reset_batches"), ("align",),
+)  # fmt: skip
 
 
 def prepare(workdir: io.PathLike, config_dict: dict, overwrite: bool):
@@ -28,19 +45,45 @@ def prepare(workdir: io.PathLike, config_dict: dict, overwrite: bool):
     saved = read_saved_config(saved_path)
     if saved is not None and config_hash(saved) != config_hash(config_dict):
         diff = _first_differences(saved, config_dict)
-        if not overwrite:
+        same_training = config_hash(_training(saved)) == config_hash(_training(config_dict))
+        if overwrite:
+            if io.is_writer():
+                for name in io.listdir(workdir):
+                    if name != LOCK_FILE:
+                        io.remove_tree(workdir / name)
+        elif same_training:
+            _keep_previous_results(workdir, saved, diff)
+        else:
             raise UserError(
                 f"workdir {workdir} was made by a different config ({diff}). Use a new "
                 "--workdir, or pass --overwrite to delete its contents and start over."
             )
-        if io.is_writer():
-            for name in io.listdir(workdir):
-                if name != LOCK_FILE:
-                    io.remove_tree(workdir / name)
     if io.is_writer():
         io.makedirs(workdir)
         io.write_json_atomic(saved_path, config_dict)
     return workdir
+
+
+def _training(config_dict: dict) -> dict:
+    """The config without its evaluation-only keys."""
+    out = json.loads(json.dumps(config_dict))
+    for path in EVAL_ONLY_KEYS:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return out
+
+
+def _keep_previous_results(workdir, saved: dict, diff: str) -> None:
+    log.warning(
+        "workdir %s: only evaluation keys changed (%s); reusing its trained networks", workdir, diff
+    )
+    previous = workdir / RESULTS_FILE
+    if io.is_writer() and io.exists(previous):
+        kept = workdir / f"results.{config_hash(saved)}.json"
+        io.write_bytes_atomic(kept, io.read_bytes(previous))
+        log.warning("workdir %s: the previous results are kept as %s", workdir, kept.name)
 
 
 def read_saved_config(path) -> dict | None:
