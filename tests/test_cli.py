@@ -90,6 +90,14 @@ def run_cli(*args, cwd=ROOT):
             "lower config.instability.spawn_steps",
         ),
         (["run", "--config.model.width=0"], "width must be positive, got 0"),
+        (
+            [
+                "run",
+                "--config.eval.methods=('naive','learned_matching')",
+                "--config.align.learned_steps=0",
+            ],
+            "config.align.learned_steps must be a positive integer, got 0",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_message(tmp_path, capsys, args, message):

@@ -78,6 +78,12 @@ def validate_methods(config, has_batchnorm: bool) -> None:
                 f"{config.model.norm!r} has none; use +repair (REPAIR) for models without "
                 "BatchNorm"
             )
+    if any(parse_method(m)[0] == "learned_matching" for m in methods):
+        steps, lr = config.align.learned_steps, config.align.learned_lr
+        if int(steps) != steps or steps < 1:
+            raise UserError(f"config.align.learned_steps must be a positive integer, got {steps!r}")
+        if not lr > 0:
+            raise UserError(f"config.align.learned_lr must be positive, got {lr!r}")
     n = config.eval.num_alphas
     if n < 3:
         raise UserError(f"config.eval.num_alphas must be at least 3, got {n}")
