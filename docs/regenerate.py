@@ -1,11 +1,12 @@
 """Regenerate the README's numbers and figures from fresh runs: one command.
 
     python docs/regenerate.py            # the default run (configs/default.py), ~15-40 s
-    python docs/regenerate.py --all      # also every docs/lm_*.png (about an hour on 2 cores)
+    python docs/regenerate.py --all      # also every docs/lm_*.png (about 1.5 hours on 2 cores)
 
 `--all` adds configs/lm_code_vs_prose.py (-> docs/lm_code_vs_prose.png) and the 3
 lm_rebasin pairs of benchmarks/lm_rebasin_pairs.py (-> docs/lm_rebasin_loss.png,
-docs/lm_rebasin_curves.png); their tables in the README are then updated by hand from
+docs/lm_rebasin_curves.png, and learned matching at steps 400/800/1200 ->
+docs/lm_rebasin_length.png); their tables in the README are then updated by hand from
 the printed numbers.
 
 Writes docs/default_curves.png (the run's curves.png), docs/default_run.json (the
@@ -82,8 +83,19 @@ def regenerate_language_models(tmp: Path) -> None:
     shutil.copy(cvp / "code_vs_prose.png", ROOT / "docs" / "lm_code_vs_prose.png")
     pairs = [sys.executable, "benchmarks/lm_rebasin_pairs.py", f"--workdir={tmp / 'pairs'}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([*pairs, "--pairs=3"], cwd=ROOT, env=env, check=True)
+    # Checkpoints every 400 steps, all kept: the training-length trend below reads them.
+    keep = ["--set", "checkpoint.every_steps=400", "--set", "checkpoint.max_to_keep=5"]
+    subprocess.run([*pairs, "--pairs=3", *keep], cwd=ROOT, env=env, check=True)
     subprocess.run([*pairs, f"--plot={ROOT / 'docs' / 'lm_rebasin'}"], cwd=ROOT, env=env,
+                   check=True)  # fmt: skip
+    # The training-length trend of learned matching: the same pairs' earlier checkpoints.
+    trend = []
+    for step in (400, 800, 1200):
+        subprocess.run([*pairs, "--pairs=3", f"--at_step={step}", f"--out=at_{step}.json",
+                        "--methods=naive,learned_matching"], cwd=ROOT, env=env, check=True)  # fmt: skip
+        trend.append(f"at_{step}.json")
+    subprocess.run([*pairs, f"--out={','.join([*trend, 'pairs.json'])}",
+                    f"--trend={ROOT / 'docs' / 'lm_rebasin_length.png'}"], cwd=ROOT, env=env,
                    check=True)  # fmt: skip
 
 
