@@ -97,7 +97,8 @@ def test_lm_pair_runs_every_alignment_method(tmp_path):
     c = tiny_lm_config(tmp_path, "pair")
     c.data.name = "text:code"
     c.eval.methods = ("naive", "weight_matching", "activation_matching", "ste",
-                      "learned_matching", "weight_matching+repair")  # fmt: skip
+                      "weight_matching_orthogonal", "learned_matching",
+                      "weight_matching+repair")  # fmt: skip
     c.align.ste_steps = 3
     c.align.learned_steps = 3
     c.align.activation_batches = 2

@@ -109,7 +109,7 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         perms, info = align.weight_matching(spec, ea, eb, key=key, max_iter=config.align.max_iter)
         extra = {"sweeps": int(info["sweeps"])}
     elif base == "weight_matching_orthogonal":
-        return orthogonal_matching(config, model, dataset, spec, ea, eb, key, t0)
+        return orthogonal_matching(config, model, dataset, spec, ea, eb, key, t0)[:2]
     elif base == "learned_matching":
         return learned(config, model, dataset, spec, ea, eb, key, t0)
     elif base == "weight_matching_heads":
@@ -159,7 +159,8 @@ def heads_matching(config, model, dataset, plain_spec, ea, eb, key):
 
 
 def orthogonal_matching(config, model, dataset, plain_spec, ea, eb, key, t0):
-    """`weight_matching_orthogonal`: returns (aligned endpoint b, info)."""
+    """`weight_matching_orthogonal`: returns (aligned endpoint b, info, and for
+    `learned` the nested spec of the params and the residual stream's roles)."""
     from lmc.align import orthogonal
 
     spec, perms, extra = heads_matching(config, model, dataset, plain_spec, ea, eb, key)
@@ -177,25 +178,23 @@ def orthogonal_matching(config, model, dataset, plain_spec, ea, eb, key, t0):
     )
     extra["objective_orthogonal"] = [float(v) for v in info["objective"]]
     extra["align_s"] = round(time.perf_counter() - t0, 3)
-    return {"params": params_b, "model_state": eb["model_state"]}, extra
+    return {"params": params_b, "model_state": eb["model_state"]}, extra, pspec, roles
 
 
 def learned(config, model, dataset, plain_spec, ea, eb, key, t0):
     """`learned_matching`: returns (aligned endpoint b, info)."""
-    from lmc import align
     from lmc.align import learned as learned_lib
-    from lmc.align import orthogonal
     from lmc.evaluate.metrics import cross_entropy
 
-    start, extra = orthogonal_matching(config, model, dataset, plain_spec, ea, eb, key, t0)
+    start, extra, spec, roles = orthogonal_matching(
+        config, model, dataset, plain_spec, ea, eb, key, t0
+    )
     state = ea["model_state"]
     x = dataset.train_x[:2]
 
     def fn(params, x):
         return model.apply(params, state, x, False)[0]
 
-    spec = align.spec_from_model(model, x, nested=True).subtree("params")
-    roles = orthogonal.roles(fn, plain_spec.subtree("params"), ea["params"], x)
     classes = learned_lib.orthogonal_classes(fn, spec, ea["params"], x, exclude=(roles.residual,))
 
     def loss(params, batch):
