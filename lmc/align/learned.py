@@ -133,9 +133,9 @@ def learned_matching(
     `classes` (from `orthogonal_classes`) say what is learned. `loss_fn(params, batch)`
     is a training loss; each of `steps` steps takes one batch from `batches` and one
     interpolation weight drawn uniformly from `alpha`, and Adam (`learning_rate`,
-    cosine-decayed to 0)
-    follows the gradient of the loss at (1 - alpha) A + alpha T(B) with respect to the
-    maps' skew-symmetric generators (all zero at the start: T is the identity).
+    cosine-decayed to 0) follows the gradient of the loss at (1 - alpha) A + alpha T(B)
+    with respect to the maps' skew-symmetric generators (all zero at the start: T is
+    the identity). `_rotate` is `orthogonal.rotate` in jnp, so gradients flow through it.
 
     Returns (params of T(B) in A's norm gauge, info with `losses` per step and `steps`).
     The result computes the same function as `params_b`; with `roles` the
