@@ -26,7 +26,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units
+from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units, permute_leaf
 from lmc.errors import UserError
 
 # The assignment solver, (n, n) cost -> perm maximizing sum_i cost[i, perm[i]]; the
@@ -87,25 +87,31 @@ def objective(spec, perms, tree_a, tree_b) -> float:
     )
 
 
-def _others(spec, perms, names, sizes) -> dict:
-    """perms with `names` set to the identity."""
-    out = dict(perms)
-    for n in names:
-        out[n] = np.broadcast_to(np.arange(sizes[n]), np.shape(perms[n])).copy()
-    return out
+def _block_leaves(spec, perms, tree_b, names) -> dict:
+    """B's leaves that the permutations `names` act on, with every *other* permutation
+    applied (those of `names` at the identity): only the leaves one block reads are
+    copied, not the whole tree (a GPT-2-size model has hundreds of blocks per sweep)."""
+    by_leaf = spec.by_leaf()
+    paths = {r.path for n in names for r in spec.axes[n]}
+    return {
+        p: permute_leaf(
+            np.asarray(get_leaf(tree_b, p)), [nr for nr in by_leaf[p] if nr[0] not in names], perms
+        )
+        for p in paths
+    }
 
 
 def solve_plain(
     spec, sizes, perms, tree_a, tree_b, name, solve: Solve
 ) -> tuple[np.ndarray, float, float]:
     """The best permutation `name` given the others: (perm, new value, old value)."""
-    b = apply_permutation(spec, _others(spec, perms, [name], sizes), tree_b)
+    b = _block_leaves(spec, perms, tree_b, {name})
     n = sizes[name]
     cost = np.zeros((n, n))
     for r in spec.axes[name]:
         a_rows = unit_rows(np.asarray(get_leaf(tree_a, r.path), np.float32), r.axis, r.inner, n)
-        b_rows = unit_rows(np.asarray(get_leaf(b, r.path), np.float32), r.axis, r.inner, n)
-        cost += a_rows.T.astype(np.float64) @ b_rows
+        b_rows = unit_rows(np.asarray(b[r.path], np.float32), r.axis, r.inner, n)
+        cost += a_rows.T @ b_rows  # float32 product (BLAS), summed in float64
     cols = solve(cost)
     rows = np.arange(n)
     return cols, cost[rows, cols].sum(), cost[rows, np.asarray(perms[name])].sum()
@@ -120,9 +126,18 @@ def _head_major(x: np.ndarray, unit_axis: int, axis: int | None, n: int | None) 
     return x.reshape(x.shape[0], -1, n)
 
 
+def _pair_costs(ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
+    """c[i, g] = ha[i]^T hb[g] for (H, M, n) stacks, as one (H n, H n) float32 GEMM
+    (np.einsum without a path optimizer does not use BLAS)."""
+    heads, m, n = ha.shape
+    a = np.ascontiguousarray(ha.transpose(0, 2, 1)).reshape(heads * n, m)
+    b = np.ascontiguousarray(hb.transpose(1, 0, 2)).reshape(m, heads * n)
+    return (a @ b).reshape(heads, n, heads, n).transpose(0, 2, 1, 3)
+
+
 def solve_family(spec, sizes, perms, tree_a, tree_b, unit, nested, solve: Solve):
     """The best unit and nested permutations given the others: (perms, new, old)."""
-    b = apply_permutation(spec, _others(spec, perms, [unit, *nested], sizes), tree_b)
+    b = _block_leaves(spec, perms, tree_b, {unit, *nested})
     heads = sizes[unit]
     base = np.zeros((heads, heads))
     costs = {w: np.zeros((heads, heads, sizes[w], sizes[w])) for w in nested}
@@ -130,8 +145,8 @@ def solve_family(spec, sizes, perms, tree_a, tree_b, unit, nested, solve: Solve)
     for r in spec.axes[unit]:
         refs = dict(by_leaf[r.path])
         w = next((n for n in nested if n in refs), None)
-        xa = np.asarray(get_leaf(tree_a, r.path), np.float64)
-        xb = np.asarray(get_leaf(b, r.path), np.float64)
+        xa = np.asarray(get_leaf(tree_a, r.path), np.float32)
+        xb = np.asarray(b[r.path], np.float32)
         ndim = xa.ndim
         if w is None:
             base += (
@@ -144,7 +159,7 @@ def solve_family(spec, sizes, perms, tree_a, tree_b, unit, nested, solve: Solve)
                 raise UserError(f"nested permutation {w!r} on a blocked axis is not supported")
             ha = _head_major(xa, r.axis % ndim, ref.axis % ndim, sizes[w])
             hb = _head_major(xb, r.axis % ndim, ref.axis % ndim, sizes[w])
-            costs[w] += np.einsum("imn,gmk->ignk", ha, hb)
+            costs[w] += _pair_costs(ha, hb)
     total = base.copy()
     sigma = {}
     for w, c in costs.items():
