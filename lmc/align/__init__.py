@@ -25,7 +25,9 @@ and helper takes them.
 largest output change, and which parameter axes stay unpermuted and why.
 
 Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`, and
-`learned_matching` (orthogonal maps learned on the path loss; `lmc.align.learned`). Helpers:
+`learned_matching` (orthogonal maps learned on the path loss; `lmc.align.learned`).
+Recipes for attention models, from a model and two combined trees to B aligned
+(`lmc.align.recipes`): `weight_matching_heads`, `weight_matching_orthogonal`. Helpers:
 `identity`, `compose`, `inverse`, `random_permutations`. Specs are always traced;
 the hand-written specs that check the tracer live with the tests (`tests/oracles`).
 """
@@ -35,6 +37,7 @@ from lmc.align.activation_matching import activation_matching
 from lmc.align.check import CheckReport, check
 from lmc.align.learned import learned_matching, orthogonal_classes
 from lmc.align.merge_many import merge_many
+from lmc.align.recipes import weight_matching_heads, weight_matching_orthogonal
 from lmc.align.spec import (
     AxisRef,
     PermutationSpec,
@@ -69,4 +72,6 @@ __all__ = [
     "ste",
     "trace",
     "weight_matching",
+    "weight_matching_heads",
+    "weight_matching_orthogonal",
 ]

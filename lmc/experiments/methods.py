@@ -109,11 +109,15 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         perms, info = align.weight_matching(spec, ea, eb, key=key, max_iter=config.align.max_iter)
         extra = {"sweeps": int(info["sweeps"])}
     elif base == "weight_matching_orthogonal":
-        return orthogonal_matching(config, model, dataset, spec, ea, eb, key, t0)[:2]
+        return orthogonal_matching(config, model, dataset, ea, eb, key, t0)[:2]
     elif base == "learned_matching":
-        return learned(config, model, dataset, spec, ea, eb, key, t0)
+        return learned(config, model, dataset, ea, eb, key, t0)
     elif base == "weight_matching_heads":
-        spec, perms, extra = heads_matching(config, model, dataset, spec, ea, eb, key)
+        aligned, info = align.weight_matching_heads(
+            model, ea, eb, dataset.train_x[:2], key=key, max_iter=int(config.align.max_iter),
+            restarts=WM_RESTARTS,
+        )  # fmt: skip
+        return aligned, {**heads_info(info), "align_s": round(time.perf_counter() - t0, 3)}
     elif base == "activation_matching":
         batches = [x for x, _ in align_batches(config, dataset)]
         perms, info = align.activation_matching(spec, model, ea, eb, batches)
@@ -126,69 +130,33 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
     return aligned, extra
 
 
-def heads_matching(config, model, dataset, plain_spec, ea, eb, key):
-    """Weight matching over the nested class, from the best of `WM_RESTARTS` plain runs.
+def heads_info(info: dict) -> dict:
+    """The results.json entries of `align.weight_matching_heads`' info."""
+    keys = ("sweeps", "restart_objectives", "objective_plain", "objective_heads")
+    return {k: info[k] for k in keys}
 
-    Returns (nested spec, perms, info for results.json)."""
+
+def orthogonal_matching(config, model, dataset, ea, eb, key, t0):
+    """`weight_matching_orthogonal`: returns (aligned endpoint b, info for results.json,
+    and for `learned` the nested spec of the params and the residual stream's roles)."""
     from lmc import align
-    from lmc.align import nested
 
-    spec = align.spec_from_model(model, dataset.train_x[:2], nested=True)
-    if not align.nested_units(spec):
-        raise UserError(
-            f"methods weight_matching_heads/learned_matching need nested units (attention "
-            f"heads); model {config.model.name!r} has none: every permutation of its traced "
-            "spec is plain. Use weight_matching."
-        )
-    max_iter = int(config.align.max_iter)
-    perms, info = align.weight_matching(
-        plain_spec, ea, eb, key=key, max_iter=max_iter, restarts=WM_RESTARTS
-    )
-    init = nested.lift(plain_spec, spec, perms)
-    perms, nested_info = align.weight_matching(spec, ea, eb, key=key, max_iter=max_iter, init=init)
-    return (
-        spec,
-        perms,
-        {
-            "sweeps": int(info["sweeps"]) + int(nested_info["sweeps"]),
-            "restart_objectives": info.get("restart_objectives", []),
-            "objective_plain": float(info["objective"][-1]),
-            "objective_heads": float(nested_info["objective"][-1]),
-        },
-    )
-
-
-def orthogonal_matching(config, model, dataset, plain_spec, ea, eb, key, t0):
-    """`weight_matching_orthogonal`: returns (aligned endpoint b, info, and for
-    `learned` the nested spec of the params and the residual stream's roles)."""
-    from lmc.align import orthogonal
-
-    spec, perms, extra = heads_matching(config, model, dataset, plain_spec, ea, eb, key)
-    x = dataset.train_x[:2]
-    state = ea["model_state"]
-
-    def fn(params, x):
-        return model.apply(params, state, x, False)[0]
-
-    pspec = spec.subtree("params") if spec.is_combined() else spec
-    roles = orthogonal.roles(fn, plain_spec.subtree("params"), ea["params"], x)
-    orthogonal.check_rotation(fn, roles, ea["params"], x)
-    params_b, info = orthogonal.weight_matching_orthogonal(
-        pspec, roles, ea["params"], eb["params"], key=key, init=perms.copy()
-    )
-    extra["objective_orthogonal"] = [float(v) for v in info["objective"]]
+    aligned, info = align.weight_matching_orthogonal(
+        model, ea, eb, dataset.train_x[:2], key=key, max_iter=int(config.align.max_iter),
+        restarts=WM_RESTARTS,
+    )  # fmt: skip
+    extra = heads_info(info)
+    extra["objective_orthogonal"] = info["objective_orthogonal"]
     extra["align_s"] = round(time.perf_counter() - t0, 3)
-    return {"params": params_b, "model_state": eb["model_state"]}, extra, pspec, roles
+    return aligned, extra, info["params_spec"], info["roles"]
 
 
-def learned(config, model, dataset, plain_spec, ea, eb, key, t0):
+def learned(config, model, dataset, ea, eb, key, t0):
     """`learned_matching`: returns (aligned endpoint b, info)."""
     from lmc.align import learned as learned_lib
     from lmc.evaluate.metrics import cross_entropy
 
-    start, extra, spec, roles = orthogonal_matching(
-        config, model, dataset, plain_spec, ea, eb, key, t0
-    )
+    start, extra, spec, roles = orthogonal_matching(config, model, dataset, ea, eb, key, t0)
     state = ea["model_state"]
     x = dataset.train_x[:2]
 

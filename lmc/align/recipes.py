@@ -1,0 +1,122 @@
+"""Alignment recipes for transformers: from a model and two trees to B aligned to A.
+
+The methods of `lmc.align` work on a spec and two trees; these recipes chain them the
+way the best results on attention models are reached, and are what the experiment
+engine (`lmc.experiments.methods`) calls:
+
+    from lmc import align
+    b_heads, info = align.weight_matching_heads(model, tree_a, tree_b, x)
+    b_orth, info = align.weight_matching_orthogonal(model, tree_a, tree_b, x)
+
+`model` is an `lmc.models` Model or anything `lmc.models.as_model` takes (a linen
+module); `tree_a`/`tree_b` are combined trees {"params": ..., "model_state": ...};
+`x` is an example input (a batch of token ids for a language model). Both return
+B's combined tree aligned to A (the same function as B) and an info dict.
+
+- `weight_matching_heads`: plain weight matching with `restarts` visiting orders (its
+  objective has many local optima on attention layers), lifted to the richer class
+  with nested units (heads permuted as units, each head with its own query/key and
+  value/output permutations) and refined there.
+- `weight_matching_orthogonal`: `weight_matching_heads`, then rounds of the
+  orthogonal residual-stream map (Procrustes on the models with their norms' gains
+  folded into the readers) alternated with weight matching (`lmc.align.orthogonal`).
+  Needs a pre-norm model whose residual stream is rotation-symmetric; checked
+  numerically, a UserError otherwise.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from lmc.align import nested, orthogonal
+from lmc.align.spec import apply_permutation, nested_units
+from lmc.align.trace import spec_from_model
+from lmc.align.weight_matching import weight_matching
+from lmc.errors import UserError
+
+# Plain weight matching's visiting orders tried before the nested refinement.
+RESTARTS = 4
+
+
+def _model(model):
+    from lmc.models import as_model
+
+    return as_model(model)
+
+
+def _eval_fn(model, tree_a):
+    """params -> logits of A's model state in eval mode (what the symmetry checks read)."""
+    state = tree_a["model_state"]
+    return lambda params, x: model.apply(params, state, x, False)[0]
+
+
+def weight_matching_heads(
+    model, tree_a, tree_b, example_input, *, key=None, max_iter: int = 100, restarts=RESTARTS
+):
+    """B aligned to A over heads and per-head permutations; returns (tree, info).
+
+    info: `spec` (the nested spec) and `perms`, `sweeps`, `restart_objectives`,
+    `objective_plain` and `objective_heads` (J before and after the refinement)."""
+    model = _model(model)
+    key = jax.random.key(0) if key is None else key
+    plain = spec_from_model(model, example_input)
+    spec = spec_from_model(model, example_input, nested=True)
+    if not nested_units(spec):
+        raise UserError(
+            "weight_matching_heads, weight_matching_orthogonal and learned_matching need "
+            "nested units (attention heads): every permutation of this model's traced spec "
+            "is plain; use weight_matching"
+        )
+    perms, info = weight_matching(
+        plain, tree_a, tree_b, key=key, max_iter=int(max_iter), restarts=int(restarts)
+    )
+    init = nested.lift(plain, spec, perms)
+    perms, nested_info = weight_matching(
+        spec, tree_a, tree_b, key=key, max_iter=int(max_iter), init=init
+    )
+    return apply_permutation(spec, perms, tree_b), {
+        "spec": spec,
+        "perms": perms,
+        "sweeps": int(info["sweeps"]) + int(nested_info["sweeps"]),
+        "restart_objectives": info.get("restart_objectives", []),
+        "objective_plain": float(info["objective"][-1]),
+        "objective_heads": float(nested_info["objective"][-1]),
+    }
+
+
+def weight_matching_orthogonal(
+    model,
+    tree_a,
+    tree_b,
+    example_input,
+    *,
+    key=None,
+    max_iter: int = 100,
+    restarts=RESTARTS,
+    rounds: int = 3,
+):
+    """`weight_matching_heads`, then `rounds` of the orthogonal residual map alternated
+    with weight matching; returns (tree, info).
+
+    info adds `objective_orthogonal` (J of the folded models after each round), and
+    `params_spec` / `roles` (the nested spec over the params and the residual stream's
+    norms), which `learned_matching` continues from."""
+    model = _model(model)
+    key = jax.random.key(0) if key is None else key
+    _, info = weight_matching_heads(
+        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts
+    )
+    spec = info["spec"]
+    fn = _eval_fn(model, tree_a)
+    plain = spec_from_model(model, example_input)
+    pspec = spec.subtree("params") if spec.is_combined() else spec
+    roles = orthogonal.roles(fn, plain.subtree("params"), tree_a["params"], example_input)
+    orthogonal.check_rotation(fn, roles, tree_a["params"], example_input)
+    params_b, orth = orthogonal.weight_matching_orthogonal(
+        pspec, roles, tree_a["params"], tree_b["params"], key=key, init=dict(info["perms"]),
+        rounds=rounds,
+    )  # fmt: skip
+    info.update(
+        objective_orthogonal=[float(v) for v in orth["objective"]], params_spec=pspec, roles=roles
+    )
+    return {"params": params_b, "model_state": tree_b["model_state"]}, info
