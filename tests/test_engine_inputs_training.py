@@ -132,3 +132,18 @@ def test_independent_children_take_every_seed_from_child_seeds(tmp_path):
     _, b = training.siblings(c, tmp_path / "run", model, ds, (0, 1))
     ref = train(model=model, dataset=ds, config=c, run_dir=tmp_path / "ref", seeds=Seeds(9, 9, 9))
     _assert_close(b["params"], ref["params"])
+
+
+def test_a_population_member_reads_its_own_dataset(tmp_path):
+    # code_vs_prose's children differ in their data (Child.dataset); trained together as
+    # one population each must still read its own, like a run of its own.
+    c = small_config(**{"spawn.population": True, "spawn.child_seeds": (1, 2), "num_steps": 10})
+    sets = [data.load("synthetic", seed=s) for s in (0, 1)]
+    model = models.from_config(c.model, sets[0].num_classes)
+    kids = [training.Child(i, tmp_path / "run" / f"child_{i}", None, sets[i]) for i in (0, 1)]
+    together = training.train_children(c, tmp_path / "run", model, sets[0], kids)
+    assert list((tmp_path / "run").glob("population_*"))
+    for i, s in enumerate((1, 2)):
+        alone = train(model=model, dataset=sets[i], config=c, run_dir=tmp_path / f"alone{i}",
+                      seeds=Seeds(s, s, s))  # fmt: skip
+        _assert_close(together[i]["params"], alone["params"])
