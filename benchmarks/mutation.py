@@ -317,6 +317,13 @@ MUTATIONS = [
         "training.Seeds(init, s, s))]",
         (INPUTS_TEXT,),
     ),
+    Mutation(
+        "merge_many: averaged BatchNorm networks reset on one batch, not eval.bn_reset_batches",
+        "lmc/experiments/merge_many.py",
+        "stats_batches=int(config.eval.bn_reset_batches), **kwargs,",
+        "stats_batches=1, **kwargs,",
+        (f"{INPUTS_EVAL}::test_merge_many_resets_its_averages_on_the_reset_batches",),
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ documented choice must give with plain numpy/flax:
 - RESET statistics: `config.eval.bn_reset_batches` batches of `config.eval.batch_size`
   rows of a fixed-seed (0) permutation of the *whole training split* (not the test
   split, not the `eval.train_subset` rows, not one batch);
+- merge_many: the same RESET batches for its averaged BatchNorm networks;
 - REPAIR: the same batches, for the endpoints' target statistics and the interpolated
   network's measured ones;
 - activation matching: `config.align.activation_batches` training batches of
@@ -25,7 +26,8 @@ import pytest
 from conftest import small_config
 
 from lmc import align, data, evaluate, models
-from lmc.experiments import compare
+from lmc.checkpoint import Checkpointer
+from lmc.experiments import compare, run_experiment
 
 BN_MOMENTUM = 0.9  # lmc.models.layers: BatchNorm(momentum=0.9)
 EPS = 1e-5  # REPAIR's variance epsilon (lmc.evaluate.layer_hooks.EPS)
@@ -40,6 +42,17 @@ def _rows(x, batch, count, seed=0):
     """`count` batches of `batch` rows of a seeded permutation of x (the documented draw)."""
     order = np.random.default_rng(seed).permutation(len(x))
     return [x[order[i * batch : (i + 1) * batch]] for i in range(count)]
+
+
+def _reset_loss(model, params, state_like, batches, x, y) -> float:
+    """Loss on (x, y) of `params` with BatchNorm statistics recomputed on `batches`.
+
+    A train-mode step from zero statistics leaves (1 - momentum) * batch moments;
+    RESET's statistics are their mean over the batches."""
+    zeros = jax.tree.map(jnp.zeros_like, state_like)
+    per_batch = [model.apply(params, zeros, b, True)[1] for b in batches]
+    stats = jax.tree.map(lambda *s: np.mean(s, 0) / (1 - BN_MOMENTUM), *per_batch)
+    return _mean_loss(model.apply(params, stats, x, False)[0], y)
 
 
 def _midpoint(a, b):
@@ -77,14 +90,9 @@ def test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split
     got = compare.compare_pair(c, model, ds, a, b, methods=("naive+reset",))["naive+reset"]
     assert got["alphas"] == [0.0, 0.5, 1.0]
     mid = _midpoint(a["params"], b["params"])
-    zeros = jax.tree.map(jnp.zeros_like, a["model_state"])
 
     def reset_loss(batches):
-        # A train-mode step from zero statistics leaves (1 - momentum) * batch moments;
-        # RESET's statistics are their mean over the batches.
-        per_batch = [model.apply(mid, zeros, x, True)[1] for x in batches]
-        stats = jax.tree.map(lambda *s: np.mean(s, 0) / (1 - BN_MOMENTUM), *per_batch)
-        return _mean_loss(model.apply(mid, stats, ds.test_x, False)[0], ds.test_y)
+        return _reset_loss(model, mid, a["model_state"], batches, ds.test_x, ds.test_y)
 
     expected = reset_loss(_rows(ds.train_x, 64, 3))
     assert got["curves"]["test_loss"][1] == pytest.approx(expected, rel=TOL)
@@ -164,3 +172,31 @@ def test_activation_matching_reads_activation_batches_training_batches_of_the_al
     }.items():
         other = perms_from(batches)
         assert any(not np.array_equal(other[k], expected[k]) for k in expected), what
+
+
+def test_merge_many_resets_its_averages_on_the_reset_batches(tmp_path):
+    c = _config(experiment="merge_many",
+                **{"model.name": "cnn", "model.width": 8, "model.norm": "batchnorm",
+                   "merge.num_models": 2, "spawn.child_seeds": (1, 2), "num_steps": 20})  # fmt: skip
+    results = run_experiment(c, tmp_path)
+    ds = data.load(c.data.name)
+    model = models.from_config(c.model, ds.num_classes)
+    ends = [_final(tmp_path / f"child_{i}") for i in (0, 1)]
+    average = _midpoint(ends[0]["params"], ends[1]["params"])
+
+    def reset_loss(batches):
+        return _reset_loss(model, average, ends[0]["model_state"], batches, ds.test_x, ds.test_y)
+
+    expected = reset_loss(_rows(ds.train_x, 64, 3))
+    assert results["naive_average"]["test_loss"] == pytest.approx(expected, rel=TOL)
+    for what, batches in {"test split": _rows(ds.test_x, 64, 3),
+                          "one batch": _rows(ds.train_x, 64, 1)}.items():  # fmt: skip
+        assert abs(reset_loss(batches) - expected) > 10 * TOL * expected, what
+
+
+def _final(run_dir):
+    ckpt = Checkpointer(run_dir / "checkpoints", every_steps=1, read_only=True)
+    try:
+        return ckpt.restore_latest()[1]
+    finally:
+        ckpt.close()
