@@ -324,6 +324,15 @@ MUTATIONS = [
         "stats_batches=1, **kwargs,",
         (f"{INPUTS_EVAL}::test_merge_many_resets_its_averages_on_the_reset_batches",),
     ),
+    Mutation(
+        "pair curves: the train split is every training row, not eval.train_subset",
+        "lmc/experiments/compare.py",
+        '"train_subset": int(config.eval.train_subset) or None,',
+        '"train_subset": None,',
+        (
+            f"{INPUTS_EVAL}::test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split",
+        ),
+    ),
 ]
 
 

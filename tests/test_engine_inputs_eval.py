@@ -5,6 +5,7 @@ of their own (tests/test_evaluate_normalization.py hands them batches built by t
 test). Here the batches are the engine's choice, and each test recomputes what the
 documented choice must give with plain numpy/flax:
 
+- the curves' training split: the first `config.eval.train_subset` rows;
 - RESET statistics: `config.eval.bn_reset_batches` batches of `config.eval.batch_size`
   rows of a fixed-seed (0) permutation of the *whole training split* (not the test
   split, not the `eval.train_subset` rows, not one batch);
@@ -103,6 +104,14 @@ def test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split
     }
     for what, batches in wrong.items():
         assert abs(reset_loss(batches) - expected) > 10 * TOL * expected, what
+
+    # The curves' train split is the first eval.train_subset rows (alpha 0: A as it is).
+    def train_loss(rows):
+        return _mean_loss(model.apply(a["params"], a["model_state"], ds.train_x[rows], False)[0],
+                          ds.train_y[rows])  # fmt: skip
+
+    assert got["curves"]["train_loss"][0] == pytest.approx(train_loss(slice(100)), rel=TOL)
+    assert abs(train_loss(slice(None)) - train_loss(slice(100))) > 10 * TOL * train_loss(slice(100))
 
 
 def test_repair_targets_and_measurements_use_the_reset_batches():
