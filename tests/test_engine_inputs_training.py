@@ -7,8 +7,10 @@ trusted, and what is checked is the choice the experiments make before calling t
 - the parent checkpoint a child starts from: its own spawn step k, not the parent's
   last kept one (an instability run with k = 0 and k = 20; the k = 0 child must equal
   a run from a fresh init that never saw the parent's checkpoints);
-- a child's seeds: init = config.seed, data and aug = config.spawn.child_seeds[i];
+- a child's seeds: spawned, init = config.seed and data = aug = child_seeds[i];
+  independent, all three = child_seeds[i];
 - which children form pair j at a spawn step (children 2j and 2j+1);
+- which dataset each member of a vmapped population reads (its own);
 - in code_vs_prose, which corpus each child reads (the prose child: prose only, the
   code child: code only), the init and data seeds they get, and which network is
   `parent_at_k` (tests/test_engine_inputs_text.py).
