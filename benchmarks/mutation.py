@@ -51,6 +51,9 @@ class Mutation:
 
 DATA_ORDER = "tests/test_data_order_science.py"
 SCIENCE = "tests/test_science_align_eval.py"
+INPUTS_TRAINING = "tests/test_engine_inputs_training.py"
+INPUTS_EVAL = "tests/test_engine_inputs_eval.py"
+INPUTS_TEXT = "tests/test_engine_inputs_text.py"
 
 MUTATIONS = [
     Mutation(
@@ -197,6 +200,137 @@ MUTATIONS = [
         'overrides = {"experiment": "parent", "instability.spawn_steps": tuple(sorted(steps)), "seed": 99}',
         (
             "tests/test_sweep.py::test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure",
+        ),
+    ),
+    # Inputs the engine chooses for correct kernels (issue 26): which checkpoint, rows,
+    # corpus, seeds and children reach them.
+    Mutation(
+        "spawn: children start from the parent's last kept checkpoint instead of step k",
+        "lmc/training/siblings.py",
+        "return ckpt.restore(step, template)",
+        "return ckpt.restore(max(ckpt.steps()), template)",
+        (
+            f"{INPUTS_TRAINING}::test_instability_children_start_at_their_own_spawn_step_with_their_own_seeds",
+        ),
+    ),
+    Mutation(
+        "RESET: statistics recomputed on the test split",
+        "lmc/evaluate/curves.py",
+        'full_train = data.train_x if hasattr(data, "train_x") else splits["train"][0]',
+        'full_train = data.test_x if hasattr(data, "test_x") else splits["test"][0]',
+        (
+            f"{INPUTS_EVAL}::test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split",
+        ),
+    ),
+    Mutation(
+        "RESET: one statistics batch instead of config.eval.bn_reset_batches",
+        "lmc/experiments/compare.py",
+        "stats_batches=int(config.eval.bn_reset_batches),",
+        "stats_batches=1,",
+        (
+            f"{INPUTS_EVAL}::test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split",
+        ),
+    ),
+    Mutation(
+        "code_vs_prose: the prose child trains on the code+prose mixture",
+        "lmc/experiments/code_vs_prose.py",
+        'training.Child(i, workdir / f"k{k}" / d, k, domain_data[d],',
+        'training.Child(i, workdir / f"k{k}" / d, k, domain_data[d] if d == "code" else mixed,',
+        (INPUTS_TEXT,),
+    ),
+    Mutation(
+        "RESET/REPAIR: statistics from the eval.train_subset rows, not the whole training split",
+        "lmc/evaluate/curves.py",
+        'full_train = data.train_x if hasattr(data, "train_x") else splits["train"][0]',
+        'full_train = splits["train"][0]',
+        (
+            f"{INPUTS_EVAL}::test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split",
+        ),
+    ),
+    Mutation(
+        "REPAIR: the endpoints' target statistics from the first statistics batch only",
+        "lmc/evaluate/normalization.py",
+        "            _mean_over(\n                batches,\n                lambda x, e=e:",
+        "            _mean_over(\n                batches[:1],\n                lambda x, e=e:",
+        (f"{INPUTS_EVAL}::test_repair_targets_and_measurements_use_the_reset_batches",),
+    ),
+    Mutation(
+        "spawn (population): a population starts from the parent's last kept checkpoint",
+        "lmc/training/siblings.py",
+        "start = load_parent(config, workdir, model, dataset, spawn_step, shared)",
+        "start = load_parent(config, workdir, model, dataset, "
+        'max(committed_steps(parent_dir(workdir, shared) / "checkpoints")), shared)',
+        (
+            f"{INPUTS_TRAINING}::test_instability_children_start_at_their_own_spawn_step_with_their_own_seeds",
+        ),
+    ),
+    Mutation(
+        "independent mode: children share config.seed's init (only data order differs)",
+        "lmc/training/siblings.py",
+        'if config.spawn.mode == "independent":\n        return Seeds(init=s, data=s, aug=s)',
+        'if config.spawn.mode == "independent":\n        return Seeds(init=int(config.seed), data=s, aug=s)',
+        (f"{INPUTS_TRAINING}::test_independent_children_take_every_seed_from_child_seeds",),
+    ),
+    Mutation(
+        "instability: pair j is children (j, j+1) instead of (2j, 2j+1)",
+        "lmc/experiments/instability.py",
+        "*ends[2 * j : 2 * j + 2]",
+        "*ends[j : j + 2]",
+        (
+            f"{INPUTS_TRAINING}::test_instability_children_start_at_their_own_spawn_step_with_their_own_seeds",
+        ),
+    ),
+    Mutation(
+        "instability: every pair of a spawn step reuses the first pair's seeds",
+        "lmc/experiments/instability.py",
+        'training.Child(i, workdir / f"k{k}" / f"child_{i}", k)',
+        'training.Child(i % 2, workdir / f"k{k}" / f"child_{i}", k)',
+        (
+            f"{INPUTS_TRAINING}::test_instability_children_start_at_their_own_spawn_step_with_their_own_seeds",
+        ),
+    ),
+    Mutation(
+        "population: every member reads the first member's dataset",
+        "lmc/training/loop.py",
+        "rows = [m.dataset.train_batch(m.seeds.data, step, self.batch_size)",
+        "rows = [self.members[0].dataset.train_batch(m.seeds.data, step, self.batch_size)",
+        (f"{INPUTS_TRAINING}::test_a_population_member_reads_its_own_dataset",),
+    ),
+    Mutation(
+        "code_vs_prose: networks scored on held-in (training) windows",
+        "lmc/experiments/code_vs_prose.py",
+        'mixed.eval_splits("test")',
+        'mixed.eval_splits("train")',
+        (INPUTS_TEXT,),
+    ),
+    Mutation(
+        "code_vs_prose: parent_at_k is the fully trained parent, not its step-k checkpoint",
+        "lmc/experiments/code_vs_prose.py",
+        "theta_k = training.endpoint(training.load_parent(config, workdir, model, mixed, k))",
+        "theta_k = training.endpoint(parent)",
+        (INPUTS_TEXT,),
+    ),
+    Mutation(
+        "code_vs_prose: the independent prose child starts from the code child's init",
+        "lmc/experiments/code_vs_prose.py",
+        "training.Seeds(s, s, s))]",
+        "training.Seeds(init, s, s))]",
+        (INPUTS_TEXT,),
+    ),
+    Mutation(
+        "merge_many: averaged BatchNorm networks reset on one batch, not eval.bn_reset_batches",
+        "lmc/experiments/merge_many.py",
+        "stats_batches=int(config.eval.bn_reset_batches), **kwargs,",
+        "stats_batches=1, **kwargs,",
+        (f"{INPUTS_EVAL}::test_merge_many_resets_its_averages_on_the_reset_batches",),
+    ),
+    Mutation(
+        "pair curves: the train split is every training row, not eval.train_subset",
+        "lmc/experiments/compare.py",
+        '"train_subset": int(config.eval.train_subset) or None,',
+        '"train_subset": None,',
+        (
+            f"{INPUTS_EVAL}::test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split",
         ),
     ),
 ]

@@ -273,8 +273,34 @@ def test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure(t
     assert cli.main(["lmc", "run", f"--config={cfg}", f"--workdir={single}"]) == 0
     alone = json.loads((single / "results.json").read_text())
     assert pooled["points"] == alone["points"]
+    # Both runs share the spawn code, so anchor one child independently: a k = 0 child
+    # of a point is a plain run from the parent's init with the point's child seed.
+    _assert_child_is_a_fresh_run(workdir / "spawn_steps=0,child_seeds=3-4", tmp_path / "ref")
     # `lmc report DIR` on the sweep prints the pooled table, grouped by k.
     capsys.readouterr()
     assert cli.main(["lmc", "report", str(workdir)]) == 0
     out = capsys.readouterr().out
     assert "[spawn_step=0]" in out and "naive (2 pairs)" in out
+
+
+def _assert_child_is_a_fresh_run(point: Path, ref_dir: Path) -> None:
+    import jax
+    import ml_collections
+    import numpy as np
+
+    from lmc.checkpoint import Checkpointer
+    from lmc.experiments import setup
+    from lmc.training import Seeds, train
+
+    c = ml_collections.ConfigDict(json.loads((point / "results.json").read_text())["config"])
+    ds = setup.load_data(c)
+    model = setup.load_model(c, ds)
+    seed = c.spawn.child_seeds[0]  # 3: this point's first child
+    ref = train(model=model, dataset=ds, config=c, run_dir=ref_dir, seeds=Seeds(c.seed, seed, seed))
+    ckpt = Checkpointer(point / "k0" / "child_0" / "checkpoints", every_steps=1, read_only=True)
+    try:
+        _, got = ckpt.restore_latest()
+    finally:
+        ckpt.close()
+    for x, y in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(ref["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
