@@ -58,7 +58,8 @@ def interpolation_curve(
 
     Args:
       apply_fn: the model: an `lmc.models.Model`, a `flax.linen.Module` (its
-        `__call__(x)` or `__call__(x, train)`), or a function `apply_fn(params,
+        `__call__(x)` or `__call__(x, train)`), an `nnx.Module` or NNX
+        `(graphdef, state)` (see `lmc.models.as_model`), or a function `apply_fn(params,
         model_state, x, train) -> (logits, model_state)`. It is a static jit argument:
         pass the same (hashable) object every time to reuse the compiled evaluator.
       endpoint_a, endpoint_b: `{"params": ..., "model_state": ...}`, flax variables
@@ -141,13 +142,11 @@ def evaluate(
 
 def as_apply_fn(model):
     """The evaluator's `apply_fn(params, model_state, x, train) -> (logits, model_state)`
-    from any model lmc accepts: an `lmc.models.Model`, a `flax.linen.Module` (see
-    `lmc.models.as_model`), or such a function itself."""
-    import flax.linen as nn
+    from any model lmc accepts: an `lmc.models.Model`, a `flax.linen.Module`, an
+    `nnx.Module` (see `lmc.models.as_model`), or such a function itself."""
+    from lmc.models import as_model, is_model
 
-    from lmc.models import Model, as_model
-
-    if isinstance(model, Model | nn.Module):
+    if is_model(model):
         return as_model(model).apply
     try:
         hash(model)

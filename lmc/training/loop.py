@@ -46,7 +46,7 @@ from lmc import sharding as sharding_lib
 from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset
 from lmc.errors import UserError
-from lmc.models import Model
+from lmc.models import Model, as_model
 from lmc.progress import Progress
 from lmc.training.metrics_log import MetricsWriter
 from lmc.training.population import stack, unstack
@@ -136,7 +136,8 @@ class _Loop:
     """The loop and its hooks over a state that is one network or a stacked population."""
 
     def __init__(self, model, config, members, run_dir, *, population, name=None):
-        self.model, self.config, self.members = model, config, members
+        # Any model lmc accepts (linen, NNX, lmc.models.Model) trains the same way.
+        self.model, self.config, self.members = as_model(model), config, members
         self.run_dir, self.population = run_dir, population
         self.name = name or members[0].name
         lengths = {total_steps(config, m.dataset) for m in members}
