@@ -40,3 +40,29 @@ class LinenMLP(nn.Module):
 def linen_mlp(num_classes, **kwargs):
     """A linen factory taking **kwargs: it receives num_classes, input_shape, config."""
     return LinenMLP(num_classes, int(kwargs["config"].width))
+
+
+class NNXLM(nnx.Module):
+    """A one-block causal transformer LM (pre-LayerNorm, learned positions)."""
+
+    def __init__(self, vocab: int, context: int, width: int, heads: int, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, width, rngs=rngs)
+        self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, width)))
+        self.ln1 = nnx.LayerNorm(width, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(width, rngs=rngs)
+        self.up = nnx.Linear(width, 2 * width, rngs=rngs)
+        self.down = nnx.Linear(2 * width, width, rngs=rngs)
+        self.ln_f = nnx.LayerNorm(width, rngs=rngs)
+        self.head = nnx.Linear(width, vocab, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        x = x + self.attn(self.ln1(x), mask=nnx.make_causal_mask(tokens))
+        x = x + self.down(jax.nn.gelu(self.up(self.ln2(x))))
+        return self.head(self.ln_f(x)).astype(jnp.float32)
+
+
+def nnx_lm(num_classes, input_shape, config, rngs):
+    """An NNX language model: num_classes is the vocabulary, input_shape (context,)."""
+    return NNXLM(num_classes, input_shape[0], int(config.width), int(config.heads), rngs)
