@@ -66,3 +66,8 @@ class NNXLM(nnx.Module):
 def nnx_lm(num_classes, input_shape, config, rngs):
     """An NNX language model: num_classes is the vocabulary, input_shape (context,)."""
     return NNXLM(num_classes, input_shape[0], int(config.width), int(config.heads), rngs)
+
+
+def nnx_without_rngs(num_classes, input_shape):
+    """A mistake: an NNX module from a factory that takes no `rngs`."""
+    return NNXMLP(int(jnp.prod(jnp.asarray(input_shape))), 8, num_classes, nnx.Rngs(0))
