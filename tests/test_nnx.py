@@ -91,8 +91,9 @@ def test_train_then_curve_matches_the_loss_computed_by_the_module(tmp_path):
         state = training.train(model=factory, dataset=data, config=config,
                                run_dir=tmp_path / str(seed), seeds=seeds)  # fmt: skip
         ends.append(training.endpoint(state))
-    assert not np.allclose(ends[0]["params"]["hidden"]["kernel"],
-                           ends[1]["params"]["hidden"]["kernel"])  # seeded inits differ
+    assert not np.allclose(
+        ends[0]["params"]["hidden"]["kernel"], ends[1]["params"]["hidden"]["kernel"]
+    )  # seeded inits differ
     x, y = data.test_x[:64], data.test_y[:64]
     curve = evaluate.interpolation_curve(factory, ends[0], ends[1], {"test": (x, y)},
                                          alphas=3, norm="none")  # fmt: skip
