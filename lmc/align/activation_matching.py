@@ -157,9 +157,11 @@ def _merge(s, t):
 def _as_model(obj):
     """An `lmc.models.Model` for a Model or a flax.linen.Module; None for a function."""
     from lmc.models import as_model, is_model
+    from lmc.models.calling import check_plain_fn
 
     if is_model(obj):
         return as_model(obj)
+    check_plain_fn(obj, 2, "align.activation_matching")  # apply_fn(params, x)
     return None
 
 

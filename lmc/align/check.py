@@ -18,6 +18,7 @@ import numpy as np
 from lmc.align import report
 from lmc.align.spec import PermutationSpec, apply_permutation, random_permutations
 from lmc.align.trace import analyze_function, is_static
+from lmc.models.calling import check_plain_fn
 
 
 @dataclasses.dataclass
@@ -62,6 +63,7 @@ def check(fn, spec: PermutationSpec, params, *args, key=None, rtol: float = 1e-4
     {'params', 'model_state'} tree, with `fn` taking that tree). Non-array `args` are
     passed through as static values, as in `spec_from_function`.
     """
+    check_plain_fn(fn, 1 + len(args), "align.check")
     key = jax.random.key(0) if key is None else key
     perms = random_permutations(spec, key, params)
     moved = sum(bool((np.asarray(p) != np.arange(np.shape(p)[-1])).any()) for p in perms.values())
