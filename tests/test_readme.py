@@ -53,3 +53,48 @@ def test_your_own_model_example_runs_and_alignment_helps(capsys):
     )
     naive, aligned = float(barriers["naive"]), float(barriers["weight matching"])
     assert naive > 0.1 and aligned < 0.5 * naive, out
+
+
+# Flags of other tools that the README's prose names bare (without their command), and
+# the file that defines each; every other bare `--flag` reads as one of lmc's.
+OTHER_TOOLS_FLAGS = {"worker": "launch/tpu_pod.sh", "dry-run": "launch/tpu_pod.sh",
+                     "quick": "benchmarks/run.py"}  # fmt: skip
+
+
+def test_every_flag_the_readme_gives_exists():
+    """`lmc ...` commands and bare `--flags` use lmc's own flags and existing config keys
+    (--show's listing); a script's command uses flags its file defines."""
+    from absl import flags
+
+    from lmc.cli import flags as flags_lib
+    from lmc.cli.show import flatten
+    from lmc.config_base import base_config, lm_config
+
+    root = README.parent
+    fv = flags.FlagValues()
+    flags_lib.define_sweep_flags(fv, ["lmc"])
+    keys = {k for c in (base_config(), lm_config()) for k, _ in flatten(c)}
+    text = README.read_text()
+    spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
+    spans += [ln for b in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) for ln in b.splitlines()]
+    wrong = []
+    for span in spans:
+        tokens = [t for t in span.split() if t != "python"]
+        if not tokens:
+            continue
+        script = root / tokens[0]
+        for token in (t for t in tokens if t.startswith("--")):
+            name = token[2:].split("=", 1)[0]
+            if tokens[0].endswith((".py", ".sh", ".sbatch")) and script.is_file():
+                ok = f"--{name}" in script.read_text()
+            elif tokens[0] != "lmc" and not tokens[0].startswith("--"):
+                continue  # another program's command line
+            elif name.startswith("config."):
+                ok = name[7:] in keys or re.fullmatch(r"[a-z]|KEY|a\.b", name[7:]) is not None
+            elif name in OTHER_TOOLS_FLAGS and tokens[0] == token:
+                ok = f"--{name}" in (root / OTHER_TOOLS_FLAGS[name]).read_text()
+            else:
+                ok = name in fv or name == "help" or name.startswith("xla_")
+            if not ok:
+                wrong.append(f"{token} in `{span}`")
+    assert not wrong, wrong

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmc import io
+from lmc.cli import flags
 from lmc.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UserError
 from lmc.io.lock import workdir_lock
 
@@ -126,16 +127,6 @@ def load_sweep(config_file: str, config=None) -> tuple[list[dict], bool]:
                 "config keys to values"
             )
     return [dict(p) for p in points], "config" in names
-
-
-def _overridden(base: list[str]) -> dict[str, str]:
-    """Dotted key -> flag, for the `--config.KEY=VALUE` flags among `base`."""
-    keys = {}
-    for flag in base:
-        name = flag.lstrip("-").split("=", 1)[0]
-        if name.startswith("config."):
-            keys[name[len("config.") :]] = flag
-    return keys
 
 
 def check_key(config, key: str, where: str) -> None:
@@ -216,7 +207,7 @@ def plan(config, config_file: str, workdir: io.PathLike, argv: list[str]) -> lis
     base = forwarded_args(argv)
     raw, follows = load_sweep(config_file, config)
     keys = {k for overrides in raw for k in overrides}
-    clash = sorted(set(_overridden(base)) & keys)
+    clash = sorted(set(flags.config_overrides(base)) & keys)
     if clash and not follows:
         path = config_file.partition(":")[0]
         raise UserError(
@@ -241,13 +232,12 @@ def plan(config, config_file: str, workdir: io.PathLike, argv: list[str]) -> lis
 
 def _point(index, name, overrides, workdir, config_file, base, where) -> Point:
     """A point's `lmc run` arguments, checked: its command line reproduces its config."""
-    from lmc.cli import flags
     from lmc.provenance import config_hash, config_to_dict
 
     point_dir = workdir / name
     # A key the point sets was derived from the command line's value (sweep(config)):
     # the point's value replaces it (two tuple flags for one key would be merged).
-    replaced = {f for k, f in _overridden(base).items() if k in overrides}
+    replaced = {f for k, f in flags.config_overrides(base).items() if k in overrides}
     base = [f for f in base if f not in replaced]
     args = [f"--config={config_file}", f"--workdir={point_dir}", *base]
     args += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
