@@ -13,7 +13,8 @@ Both run the same loop with the same hooks, in this order after every step:
   one `metrics.jsonl` per member;
 - checkpoints: every `config.checkpoint.every_steps`, at `keep_steps` (kept forever),
   and at the end;
-- progress: a bar on a terminal, evaluation lines everywhere.
+- progress: a bar on a terminal; elsewhere a line every 30 s (step, rate, ETA); evaluation
+  lines everywhere.
 
 The batch at step t is `dataset.train_batch(data_seed, t)` and augmentation is keyed
 by fold_in(aug_seed, t), so a run is fully determined by (config, seeds), and resuming
