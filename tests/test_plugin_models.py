@@ -74,3 +74,14 @@ def test_pair_and_instability_on_a_users_model(tmp_path, factory):
 def test_plugin_mistakes_are_user_errors(tmp_path, capsys, name, message):
     assert main(["lmc", "run", f"--config.model.name={name}", *TINY, f"--workdir={tmp_path}"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_width_experiment_scales_a_plugins_integer_width_to_units():
+    from conftest import small_config
+
+    from lmc.experiments import width
+
+    config = small_config()
+    config.model.name, config.model.width = "plugin_models:nnx_mlp", 8
+    scaled = width.scaled(config, 0.5).model.width
+    assert scaled == 4 and isinstance(scaled, int)

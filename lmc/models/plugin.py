@@ -7,7 +7,7 @@ its signature names (or all, if it takes `**kwargs`):
     num_classes  int: classes, or the vocabulary size of a language model
     input_shape  tuple: one example's shape, without the batch axis
     config       the `config.model` ConfigDict (width, depth, norm, ...; the width
-                 experiment scales `config.width`, a float for a plug-in)
+                 experiment scales `config.width`, rounded when it is an int)
     rngs         nnx.Rngs: only if the factory names it
 
 A factory that names `rngs` returns an `nnx.Module` built from them: lmc calls it
