@@ -110,7 +110,9 @@ def test_your_own_nnx_model_example_runs_and_alignment_helps(capsys):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    barriers = dict(re.findall(r"^(naive|weight matching): test-loss barrier ([0-9.]+)$", out, re.M))
+    barriers = dict(
+        re.findall(r"^(naive|weight matching): test-loss barrier ([0-9.]+)$", out, re.M)
+    )
     naive, aligned = float(barriers["naive"]), float(barriers["weight matching"])
     assert naive > 0.03 and aligned < 0.5 * naive, out
     assert "aligned B computes B's function: True" in out
