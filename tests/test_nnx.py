@@ -128,3 +128,17 @@ def test_every_method_on_an_nnx_mlp_and_an_nnx_attention_lm(tmp_path):
             # Alignment only reorders B: its endpoint's loss is B's (up to float sums).
             np.testing.assert_allclose(curve[-1], results["endpoints"]["b"]["test_loss"],
                                        rtol=1e-4, err_msg=name)  # fmt: skip
+
+
+def test_check_takes_the_nnx_module_and_catches_a_wrong_spec():
+    module = mlp()
+    params, _ = models.as_model(module).init(None, X)
+    tree = {"params": params, "model_state": {"norm": {"mean": np.arange(8.0),
+                                                        "var": np.arange(1.0, 9.0)}}}  # fmt: skip
+    spec = align.spec_from_model(module, X)
+    assert align.check(module, spec, tree, X).invariant
+    # By hand: the hidden units reordered in the first layer only: not a symmetry.
+    wrong = align.PermutationSpec.from_axes(
+        {"h": [(("params", "hidden", "kernel"), 1), (("params", "hidden", "bias"), 0)]}
+    )
+    assert not align.check(module, wrong, tree, X).invariant

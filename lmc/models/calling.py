@@ -84,6 +84,19 @@ def evaluator_fn(model, api: str) -> Callable:
     raise UserError(f"{api}: {_describe(model)} takes neither {EVALUATOR_FORM} nor {PLAIN_FORM}")
 
 
+def plain_fn(fn, num_args: int, api: str) -> Callable:
+    """`fn` (checked as `check_plain_fn` does), or for a model (lmc, linen, NNX) its
+    eval-mode function of the combined tree, `fn(tree, x) -> logits` with `tree =
+    {"params", "model_state"}`: the tree a `spec_from_model` spec refers to."""
+    from lmc.models import as_model, is_model
+
+    if not is_model(fn):
+        check_plain_fn(fn, num_args, api)
+        return fn
+    model = as_model(fn)
+    return lambda tree, *args: model.apply(tree["params"], tree["model_state"], *args, False)[0]
+
+
 def check_plain_fn(fn, num_args: int, api: str) -> None:
     """Refuse, before tracing, a function that `api` cannot call as
     `fn(params, *args)` with `num_args` arguments in all (lmc.align entry points)."""
