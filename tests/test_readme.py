@@ -37,21 +37,25 @@ def test_quickstart_has_exactly_two_commands():
     assert len(commands) == 2 and "pytest" in commands[1]
 
 
-def test_your_own_model_example_runs_and_alignment_helps(capsys):
-    """The user-model example (flax.linen module, lmc.data, training, alignment, curve)
-    runs as written; weight matching removes most of the naive barrier."""
-    import re as re_
-
+def run_first_block(title: str, capsys) -> tuple[str, float, float]:
+    """Run the first python block of README section `title`; (its output, the naive and
+    the weight-matching test-loss barriers it prints)."""
     text = README.read_text()
-    start = text.index("## Your own model, from data to curve")
+    start = text.index(f"## {title}")
     section = text[start : text.index("\n## ", start + 1)]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     barriers = dict(
-        re_.findall(r"^(naive|weight matching): test-loss barrier ([0-9.]+)$", out, re_.M)
+        re.findall(r"^(naive|weight matching): test-loss barrier ([0-9.]+)$", out, re.M)
     )
-    naive, aligned = float(barriers["naive"]), float(barriers["weight matching"])
+    return out, float(barriers["naive"]), float(barriers["weight matching"])
+
+
+def test_your_own_model_example_runs_and_alignment_helps(capsys):
+    """The user-model example (flax.linen module, lmc.data, training, alignment, curve)
+    runs as written; weight matching removes most of the naive barrier."""
+    out, naive, aligned = run_first_block("Your own model, from data to curve", capsys)
     assert naive > 0.1 and aligned < 0.5 * naive, out
 
 
@@ -104,15 +108,6 @@ def test_your_own_nnx_model_example_runs_and_alignment_helps(capsys):
     """The NNX example (factory, lmc.training, alignment, curve, nnx_update) runs as
     written; weight matching removes most of the naive barrier, and the aligned module
     written back with nnx_update computes B's function."""
-    text = README.read_text()
-    start = text.index("## Your own NNX model, from data to curve")
-    section = text[start : text.index("\n## ", start + 1)]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
-    out = capsys.readouterr().out
-    barriers = dict(
-        re.findall(r"^(naive|weight matching): test-loss barrier ([0-9.]+)$", out, re.M)
-    )
-    naive, aligned = float(barriers["naive"]), float(barriers["weight matching"])
+    out, naive, aligned = run_first_block("Your own NNX model, from data to curve", capsys)
     assert naive > 0.03 and aligned < 0.5 * naive, out
     assert "aligned B computes B's function: True" in out
