@@ -45,6 +45,10 @@ def test_adapter_matches_the_modules_own_calls():
     # The (graphdef, state) form and a factory: a factory's init follows the key.
     split = models.as_model(nnx.split(mlp()))
     np.testing.assert_array_equal(split.init(None, X)[0]["out"]["bias"], params["out"]["bias"])
+    # One adapter per instance (jitted code compiles once); init sees later updates.
+    assert models.as_model(module) is model
+    models.nnx_update(module, {"params": jax.tree.map(lambda a: a + 1, params), "model_state": {}})
+    np.testing.assert_array_equal(model.init(None, X)[0]["out"]["bias"], params["out"]["bias"] + 1)
     seeded = models.nnx_model(lambda rngs: plugin_models.NNXMLP(12, 8, 3, rngs))
     np.testing.assert_array_equal(seeded.init(jax.random.key(7), X)[0]["hidden"]["kernel"],
                                   mlp(7).hidden.kernel[...])  # fmt: skip

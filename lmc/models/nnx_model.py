@@ -18,8 +18,9 @@ running ones; Dropout is active), eval mode `module.eval()`; a module whose
 caches) are held fixed: lmc's apply takes no key, so a Dropout mask would repeat at
 every step (lmc's models have no dropout).
 
-A module *instance* is already initialized: `init` returns its own weights whatever
-the key. For seeded inits (independent siblings, `init_seed`), give a factory
+A module *instance* is already initialized: `init` returns its current weights whatever
+the key; one adapter serves each instance (held weakly), so jitted code that takes the
+model as a static argument compiles once per instance. For seeded inits (independent siblings, `init_seed`), give a factory
 `rngs -> nnx.Module` (`nnx_model(factory)`); `init(key)` then builds a fresh module
 from `nnx.Rngs(key)`.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -61,21 +63,22 @@ def _filled(template, pure: dict):
 class NNXModel:
     """An `nnx.Module` (or a factory of them) behind lmc's pure interface.
 
-    `name`: for logs. `factory`: `rngs -> nnx.Module`, or None for a fixed instance.
-    The rest is derived by `nnx_model` from one built module."""
+    `name`: for logs. `factory`: `rngs -> nnx.Module`, or None for an instance, then
+    held by `instance`. The rest is derived by `nnx_model`."""
 
     name: str
     factory: Callable | None
     graphdefs: tuple  # (eval mode, train mode)
     templates: tuple  # nnx States of (params, model_state, rest)
-    weights: tuple  # the instance's (params, model_state) as pure dicts
+    instance: Callable | None  # () -> the module: a weak reference, or the merged pair's
     takes_train: bool = False
 
     def init(self, key: jax.Array, example_x) -> tuple[dict, dict]:
         del example_x  # an NNX module knows its input sizes from its constructor
-        if self.factory is None:
-            return self.weights
-        _, params, stats, _ = nnx.split(_build(self.factory, key), nnx.Param, nnx.BatchStat, ...)
+        module = _build(self.factory, key) if self.factory else self.instance()
+        if module is None:
+            raise UserError(f"the nnx.Module of model {self.name} no longer exists")
+        _, params, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
         return _pure(params), _pure(stats)
 
     def apply(self, params: dict, model_state: dict, x, train: bool) -> tuple[jax.Array, dict]:
@@ -111,26 +114,38 @@ def _mode_graphdef(module: nnx.Module, train: bool):
     return nnx.graphdef(copy)
 
 
+# One adapter per live instance (keys held weakly; adapters hold instances weakly too).
+_ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def nnx_model(module_or_factory, name: str | None = None) -> NNXModel:
     """An `NNXModel` from an `nnx.Module`, a `(graphdef, state)` pair, or a factory
     `rngs -> nnx.Module` (seeded inits)."""
-    factory = None
+    factory, held = None, None
     module = module_or_factory
     if isinstance(module, tuple) and len(module) == 2 and isinstance(module[0], nnx.GraphDef):
         module = nnx.merge(*module)
+        held = lambda: module  # noqa: E731  (nobody else holds the merged module)
     elif not isinstance(module, nnx.Module):
         factory = module_or_factory
         module = _build(factory, jax.random.key(0))
+    elif module in _ADAPTERS and name is None:
+        return _ADAPTERS[module]
+    else:
+        held = weakref.ref(module)
     _, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
     call = type(module).__call__
-    return NNXModel(
+    adapter = NNXModel(
         name=name or _name(factory or type(module)),
         factory=factory,
         graphdefs=(_mode_graphdef(module, False), _mode_graphdef(module, True)),
         templates=(params, stats, rest),
-        weights=(_pure(params), _pure(stats)),
+        instance=None if factory else held,
         takes_train="train" in inspect.signature(call).parameters,
     )
+    if isinstance(held, weakref.ref) and name is None:
+        _ADAPTERS[module] = adapter
+    return adapter
 
 
 def nnx_update(module: nnx.Module, tree) -> nnx.Module:
