@@ -7,6 +7,12 @@ Everything outside `lmc.models` sees a `Model` with
 
 where `params` and `model_state` (BatchNorm running statistics; `{}` if the model has
 none) are plain nested dicts. Flax stays inside this package.
+
+`as_model` gives that interface to lmc's own models (`build`, `from_config`), a
+user's flax.linen Module (`Model`), and a Flax NNX module, `(graphdef, state)` pair or
+factory (`nnx_model.NNXModel`; `nnx_update` writes dicts back into a module).
+`config.model.name = "package.module:factory"` builds a user's model from the CLI
+(`plugin`). `calling` tells the pure-function forms apart at lmc's public APIs.
 """
 
 from __future__ import annotations
