@@ -38,11 +38,11 @@ def get_config(arg: str | None = None):
     return c
 
 
-def sweep():
+def sweep(config):
     """One `lmc run` per (spawn step, pair of children), every k of the single run: the
     points share one parent (`lmc sweep` trains it once, first), and the sweep ends in
-    one barrier_vs_k.png with mean ± std over the 2 pairs at each k."""
-    config = get_config()
+    one barrier_vs_k.png with mean ± std over the 2 pairs at each k. `config` has the
+    command-line overrides: `--config.instability.spawn_steps=...` changes the grid."""
     for k in config.instability.spawn_steps:
         for pair in range(config.instability.num_pairs):
             yield {

@@ -15,45 +15,49 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     """Every key any experiment reads, with the default experiment's values."""
     c = ml_collections.ConfigDict()
+    # pair | instability | width | merge_many | code_vs_prose | parent (lmc.experiments)
     c.experiment = "pair"
-    c.seed = 0
+    c.seed = 0  # the parent's init, data and aug seed (children: spawn.child_seeds)
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"
+    c.data.name = "digits"  # digits | fashion_mnist | cifar10 | synthetic | tfds:* | text:*
     c.data.dir = ""  # default location of the source (or its env var)
     c.data.augment = True  # only applies to augmentable (natural-image) data
 
     c.model = ml_collections.ConfigDict()
+    # mlp | cnn | vgg11 | vgg16 | resnet20 | transformer, or a plug-in "package.module:factory":
+    # factory(num_classes, input_shape, config=config.model[, rngs]) returns a flax.linen
+    # Module, or an nnx.Module built from `rngs` (lmc.models.plugin)
     c.model.name = "mlp"
-    c.model.width = 512
-    c.model.depth = 3
-    c.model.norm = "none"
+    c.model.width = 512  # units (mlp), base channels (cnn), multiplier (vgg, resnet20)
+    c.model.depth = 3  # hidden layers (mlp), blocks (transformer)
+    c.model.norm = "none"  # none | batchnorm | layernorm (conv nets; rmsnorm: transformer)
 
     c.optimizer = ml_collections.ConfigDict()
     # SGD+momentum: Adam-trained MLPs on digits align markedly worse (measured: weight
     # matching keeps ~22% of the naive test-loss barrier with Adam, ~7% with SGD).
     c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.05
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "constant"
-    c.optimizer.warmup_steps = 0
-    c.optimizer.decay_at = (0.5, 0.75)
-    c.optimizer.decay_factor = 0.1
+    c.optimizer.learning_rate = 0.05  # peak step size (after warmup)
+    c.optimizer.momentum = 0.9  # sgd only
+    c.optimizer.weight_decay = 0.0  # decoupled (adamw); L2 added to the gradient (sgd)
+    c.optimizer.schedule = "constant"  # constant | step (decay_at) | cosine
+    c.optimizer.warmup_steps = 0  # linear warmup from 0
+    c.optimizer.decay_at = (0.5, 0.75)  # step schedule: fractions of training
+    c.optimizer.decay_factor = 0.1  # step schedule: factor at each decay_at
 
-    c.batch_size = 32
-    c.num_epochs = 30.0
+    c.batch_size = 32  # global: split over the devices of config.mesh
+    c.num_epochs = 30.0  # training length when num_steps is 0
     c.num_steps = 0  # > 0 overrides num_epochs
     c.eval_every_steps = 0  # 0: only at the end
-    c.log_every_steps = 50
-    c.progress = True
+    c.log_every_steps = 50  # train metrics to metrics.jsonl and the NaN guard
+    c.progress = True  # a bar on a terminal; a line every ~30 s in logs
 
     # How the two endpoints are made. "independent": different init seeds (the
     # Git Re-Basin setting). "spawn": one parent trained to `step`, children continued
     # from its checkpoint with their own data order and augmentation (Frankle et al.).
     c.spawn = ml_collections.ConfigDict()
-    c.spawn.mode = "independent"
-    c.spawn.step = 0
+    c.spawn.mode = "independent"  # independent | spawn
+    c.spawn.step = 0  # spawn mode: the parent's step the children continue from
     # Child i uses seed child_seeds[i] for its data order and augmentation (and, in
     # independent mode, its init). Equal seeds give identical children.
     c.spawn.child_seeds = (1, 2)
@@ -64,41 +68,43 @@ def base_config() -> ml_collections.ConfigDict:
     # Device mesh for data parallelism (lmc.sharding): batch split over data x fsdp
     # devices; data=-1 takes every device; fsdp>1 shards arrays >= fsdp_min_size.
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.fsdp_min_size = 2**16
+    c.mesh.data = -1  # data-parallel devices; -1: all
+    c.mesh.fsdp = 1  # devices each parameter is sharded over
+    c.mesh.fsdp_min_size = 2**16  # smaller arrays stay replicated
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 0  # 0: only the spawn step(s) and the end
-    c.checkpoint.max_to_keep = 2
+    c.checkpoint.max_to_keep = 2  # periodic checkpoints kept (spawn steps: always)
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.num_alphas = 25
+    c.eval.num_alphas = 25  # evenly spaced points of the curve, ends included
+    # naive | weight_matching | activation_matching | ste | weight_matching_heads |
+    # weight_matching_orthogonal | learned_matching, each optionally +reset or +repair
     c.eval.methods = ("naive", "weight_matching")
     c.eval.train_subset = 10000  # first N training examples used for train-side curves
-    c.eval.batch_size = 1000
+    c.eval.batch_size = 1000  # rows per evaluation batch
     c.eval.norm = "auto"  # auto: reset for BatchNorm models, none otherwise
-    c.eval.bn_reset_batches = 20
+    c.eval.bn_reset_batches = 20  # training batches that recompute statistics (reset, repair)
 
     c.align = ml_collections.ConfigDict()
-    c.align.seed = 0
-    c.align.max_iter = 100
-    c.align.ste_steps = 200
-    c.align.activation_batches = 10
+    c.align.seed = 0  # visiting order of the matching methods
+    c.align.max_iter = 100  # weight matching: sweeps over the permutations at most
+    c.align.ste_steps = 200  # ste: straight-through optimisation steps
+    c.align.activation_batches = 10  # activation matching: training batches correlated
     # learned_matching: Adam steps (one training batch and one interpolation weight
     # each) and step size for the orthogonal maps' generators.
     c.align.learned_steps = 1000
-    c.align.learned_lr = 1e-2
+    c.align.learned_lr = 1e-2  # learned_matching: Adam step size
 
     # Sweep experiments (ignored by `pair`).
     c.instability = ml_collections.ConfigDict()
-    c.instability.spawn_steps = (0, 10, 50)
-    c.instability.num_pairs = 1
+    c.instability.spawn_steps = (0, 10, 50)  # the steps k children are spawned at
+    c.instability.num_pairs = 1  # pairs of children per k (2 child seeds each)
     c.width = ml_collections.ConfigDict()
-    c.width.multipliers = (0.25, 1.0)
-    c.width.num_pairs = 1
+    c.width.multipliers = (0.25, 1.0)  # model.width is scaled by each
+    c.width.num_pairs = 1  # pairs of children per width (2 child seeds each)
     c.merge = ml_collections.ConfigDict()
-    c.merge.num_models = 3
+    c.merge.num_models = 3  # merge_many: models merged (one child seed each)
     return c
 
 
@@ -108,8 +114,8 @@ def lm_config() -> ml_collections.ConfigDict:
     with 64-byte context, trained with Adam (warmup + cosine) on batches of 16 windows.
     Sized to train in minutes on 2 CPU cores."""
     c = base_config()
-    c.data.name = "text:mixed"
-    c.data.context = 64
+    c.data.name = "text:mixed"  # text:code | text:prose | text:mixed (bytes)
+    c.data.context = 64  # bytes per window
     c.data.eval_windows = 96  # fixed evaluation windows per domain and split
     c.data.test_fraction = 0.1  # fraction of files held out (by hash of the path)
     c.data.max_bytes = 4_000_000  # per domain and split
@@ -117,31 +123,33 @@ def lm_config() -> ml_collections.ConfigDict:
     c.data.code_dir = ""  # "" = the Python standard library
     c.data.prose_dir = ""  # "" = /usr/share/doc/python3.11/html/_sources
 
-    c.model.name = "transformer"
-    c.model.width = 128
-    c.model.depth = 2
-    c.model.heads = 4
-    c.model.context = 64
-    c.model.mlp_ratio = 4
+    c.model.name = "transformer"  # lmc's byte-level causal LM (or a plug-in)
+    c.model.width = 128  # d_model
+    c.model.depth = 2  # transformer blocks
+    c.model.heads = 4  # attention heads (width divisible by it)
+    c.model.context = 64  # learned positions: at least data.context
+    c.model.mlp_ratio = 4  # MLP hidden width / model width
     c.model.positions = "learned"  # "rotary" removes the within-head Q/K permutation
-    c.model.norm = "layernorm"
+    c.model.norm = "layernorm"  # layernorm | rmsnorm
 
-    c.optimizer.name = "adam"
+    c.optimizer.name = "adam"  # sgd | adam | adamw
     c.optimizer.learning_rate = 4e-3  # best of {2e-3, 4e-3, 8e-3} at 300 steps
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 50
-    c.batch_size = 16
-    c.num_steps = 400
-    c.log_every_steps = 50
+    c.optimizer.schedule = "cosine"  # to 0 at the last step
+    c.optimizer.warmup_steps = 50  # linear warmup from 0
+    c.batch_size = 16  # windows per step
+    c.num_steps = 400  # > 0 overrides num_epochs
+    c.log_every_steps = 50  # train metrics to metrics.jsonl and the NaN guard
 
-    c.eval.num_alphas = 9
-    c.eval.batch_size = 128
+    c.eval.num_alphas = 9  # evenly spaced points of the curve, ends included
+    c.eval.batch_size = 128  # windows per evaluation batch
     c.eval.train_subset = 0  # text: the fixed held-in windows (config.data.eval_windows)
+    # naive | weight_matching | activation_matching | ste | weight_matching_heads |
+    # weight_matching_orthogonal | learned_matching, each optionally +reset or +repair
     c.eval.methods = ("naive", "weight_matching")
 
     # code_vs_prose: task-arithmetic scales, and the extra pair from independent inits.
     # Its fork steps are config.instability.spawn_steps.
     c.lm = ml_collections.ConfigDict()
-    c.lm.scales = (0.5, 1.0)
-    c.lm.independent = True
+    c.lm.scales = (0.5, 1.0)  # task arithmetic: theta_k + s * (both children's updates)
+    c.lm.independent = True  # also a prose child from another init, averaged per method
     return c

@@ -23,3 +23,4 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to continue
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after checkpointing
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (128 + SIGPIPE, as the shell reports)

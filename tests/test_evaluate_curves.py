@@ -172,5 +172,5 @@ def test_apply_fn_must_be_hashable(setup):
         def __call__(self, *args):
             return model.apply(*args)
 
-    with pytest.raises(TypeError, match="hashable"):
+    with pytest.raises(UserError, match="hashable"):
         evaluate.interpolation_curve(Unhashable(), a, b, ds)

@@ -56,17 +56,56 @@ def _main(*args) -> int:
 def test_print_gives_one_lmc_run_per_point_with_forwarded_overrides(tmp_path, capsys):
     cfg = _config_file(tmp_path)
     rc = _main(f"--config={cfg}", f"--workdir={tmp_path / 'w'}", "--print",
-               "--config.align.seed=3", "--config.seed", "7")  # fmt: skip
+               "--config.align.seed=3", "--config.num_steps", "7")  # fmt: skip
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
     argv = shlex.split(lines[2])
     assert argv[:3] == ["lmc", "run", f"--config={cfg}"]
     assert argv[3] == f"--workdir={tmp_path / 'w' / 'step=10,seed=0'}"
-    # Base overrides first, the point's last (so the point wins over --config.seed=7).
-    assert argv[4:] == ["--config.align.seed=3", "--config.seed=7", "--config.spawn.step=10",
+    # Base overrides first, the point's last.
+    assert argv[4:] == ["--config.align.seed=3", "--config.num_steps=7", "--config.spawn.step=10",
                         "--config.seed=0"]  # fmt: skip
     assert not (tmp_path / "w").exists()  # --print runs nothing
+
+
+GRID_CONFIG = """
+from lmc.config_base import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.experiment, c.spawn.mode = "instability", "spawn"
+    c.instability.spawn_steps = (0, 10)
+    return c
+
+
+def sweep({PARAM}):
+    for k in {STEPS}.instability.spawn_steps:
+        yield {"instability.spawn_steps": (k,)}
+"""
+
+
+def test_a_sweep_of_the_config_follows_command_line_overrides_of_its_grid(tmp_path, capsys):
+    path = tmp_path / "grid.py"
+    path.write_text(GRID_CONFIG.replace("{PARAM}", "config").replace("{STEPS}", "config"))
+    assert _main(f"--config={path}", f"--workdir={tmp_path / 'w'}", "--print",
+                 "--config.instability.spawn_steps=(0,10,50,150)") == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()[1:]  # line 0: the shared parent
+    # One point per overridden k (then --parent); the point's own value replaces the
+    # command line's.
+    assert [shlex.split(line)[-2] for line in lines] == [
+        f"--config.instability.spawn_steps=({k},)" for k in (0, 10, 50, 150)]  # fmt: skip
+    assert all("(0, 10, 50, 150)" not in line for line in lines)
+
+
+def test_a_fixed_grid_refuses_an_override_of_its_keys_saying_how_to_change_it(tmp_path, capsys):
+    path = tmp_path / "grid.py"
+    path.write_text(GRID_CONFIG.replace("{PARAM}", "").replace("{STEPS}", "get_config()"))
+    assert _main(f"--config={path}", f"--workdir={tmp_path / 'w'}", "--print",
+                 "--config.instability.spawn_steps=(0,10,50,150)") == EXIT_USER_ERROR  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--config.instability.spawn_steps" in err and "def sweep(config)" in err
 
 
 def test_tuple_and_string_values_round_trip_through_the_command_line(tmp_path, capsys):

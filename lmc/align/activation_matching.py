@@ -156,12 +156,12 @@ def _merge(s, t):
 
 def _as_model(obj):
     """An `lmc.models.Model` for a Model or a flax.linen.Module; None for a function."""
-    import flax.linen as nn
+    from lmc.models import as_model, is_model
+    from lmc.models.calling import check_plain_fn
 
-    from lmc.models import as_model
-
-    if isinstance(obj, nn.Module) or all(hasattr(obj, a) for a in ("module", "init", "apply")):
+    if is_model(obj):
         return as_model(obj)
+    check_plain_fn(obj, 2, "align.activation_matching")  # apply_fn(params, x)
     return None
 
 

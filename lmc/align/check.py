@@ -18,6 +18,7 @@ import numpy as np
 from lmc.align import report
 from lmc.align.spec import PermutationSpec, apply_permutation, random_permutations
 from lmc.align.trace import analyze_function, is_static
+from lmc.models.calling import plain_fn
 
 
 @dataclasses.dataclass
@@ -59,9 +60,10 @@ def check(fn, spec: PermutationSpec, params, *args, key=None, rtol: float = 1e-4
     """Apply a random element of `spec` to `params` and compare `fn(params, *args)`.
 
     `params` is the tree the spec refers to (for a `spec_from_model` spec, the combined
-    {'params', 'model_state'} tree, with `fn` taking that tree). Non-array `args` are
-    passed through as static values, as in `spec_from_function`.
+    {'params', 'model_state'} tree, with `fn` taking that tree, or the model itself).
+    Non-array `args` are passed through as static values, as in `spec_from_function`.
     """
+    fn = plain_fn(fn, 1 + len(args), "align.check")  # a model: fn(tree, x) (issue 23)
     key = jax.random.key(0) if key is None else key
     perms = random_permutations(spec, key, params)
     moved = sum(bool((np.asarray(p) != np.arange(np.shape(p)[-1])).any()) for p in perms.values())

@@ -538,3 +538,24 @@ def scan(g, eqn, ins, deps):
         g.union(m, stack)
         result.append((m, *nodes))
     return result
+
+
+# ---- bit reinterpretation (issue 23) -----------------------------------------------------
+# jax.random's uniform floats go through bitcast_convert_type, so every model that samples
+# inside its forward pass meets it (flax's nnx.bridge.ToLinen re-runs the NNX
+# initializers in every apply); without this rule it was pinned with a spurious warning.
+@register("bitcast_convert_type")
+def bitcast_convert_type(g, eqn, ins, deps):
+    """Each element's bits reinterpreted: elementwise over the shared leading axes. A
+    change of bit width adds or drops a trailing axis of sub-words: its order matters."""
+    (src,) = ins
+    out_shape = _shape(eqn.outvars[0])
+    if len(src) == len(out_shape):
+        return elementwise(g, eqn, ins, deps)
+    outs = g.fresh(out_shape)
+    common = min(len(src), len(out_shape))
+    for a, b in zip(src[:common], outs[:common], strict=True):
+        g.union(a, b)
+    g.pin_all(src[common:], "bitcast_convert_type sub-words")
+    g.pin_all(outs[common:], "bitcast_convert_type sub-words")
+    return [outs]

@@ -33,6 +33,7 @@ from lmc.align.report import summary
 from lmc.align.rules import RULES, unknown
 from lmc.align.spec import Path, PermutationSpec
 from lmc.errors import UserError
+from lmc.models.calling import check_plain_fn
 
 
 # ---- entry points ---------------------------------------------------------------------
@@ -153,6 +154,7 @@ def spec_from_function(
     of it (attention: heads permuted as units, and each head with its own query/key
     and value/output permutations). `align.nested_units(spec)` lists them.
     """
+    check_plain_fn(apply_fn, 1 + len(example_args), "align.spec_from_function")
     analysis = analyze_function(apply_fn, params, *example_args, nested=nested)
     logging.getLogger("lmc.align").info("spec_from_function: %s", summary(analysis))
     _warn_if_empty(analysis.spec)

@@ -16,6 +16,7 @@ import sys
 
 from lmc.cli import flags as flags_lib
 from lmc.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
@@ -30,7 +31,7 @@ def cmd_run(argv: list[str]) -> int:
     if fv.show:
         from lmc.cli.show import describe
 
-        print(describe(config, config_file))
+        print(describe(config, config_file, flags_lib.config_overrides(argv)))
         return 0
     flags_lib.quiet_libraries()
     from lmc import distributed, preemption
@@ -73,6 +74,19 @@ COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`lmc report --help | head`): stop quietly, as cat does.
+        # stdout points at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(flags_lib.USAGE)

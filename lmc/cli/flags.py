@@ -43,11 +43,37 @@ DIR (a run) or its sub-directories (a sweep); several DIRs are compared.""",
 }
 
 
+# The repository (or source tree) lmc runs from: its configs/ serve any directory.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 def default_config_path() -> str:
     local = Path("configs/default.py")
     if local.exists():
         return str(local)
-    return str(Path(__file__).resolve().parents[2] / "configs" / "default.py")
+    return str(REPO_ROOT / "configs" / "default.py")
+
+
+def in_repo(value: str) -> str:
+    """A --config value as given, or the repository's file of that relative path when
+    only that exists: `--config=configs/X.py` works outside the repository, as the
+    default config does."""
+    path, sep, arg = value.partition(":")
+    if not path or Path(path).is_absolute() or Path(path).exists():
+        return value
+    repo = REPO_ROOT / path
+    return f"{repo}{sep}{arg}" if repo.is_file() else value
+
+
+def _configs_in_repo(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a.startswith(("--config=", "-config=")):
+            flag, _, value = a.partition("=")
+            out[i] = f"{flag}={in_repo(value)}"
+        elif a in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = in_repo(out[i + 1])
+    return out
 
 
 def define_run_flags(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -95,7 +121,18 @@ def define_sweep_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
+def config_overrides(argv: list[str]) -> dict[str, str]:
+    """Dotted key -> its flag, for every `--config.KEY[=VALUE]` flag in `argv`."""
+    keys = {}
+    for flag in argv:
+        name = flag.lstrip("-").split("=", 1)[0]
+        if flag.startswith("-") and name.startswith("config."):
+            keys[name[len("config.") :]] = flag
+    return keys
+
+
 def parse(argv: list[str], define) -> flags.FlagValues:
+    argv = _configs_in_repo(argv)
     fv = flags.FlagValues()
     try:
         define(fv, argv)

@@ -7,6 +7,12 @@ A config file may define
             for seed in (1, 2):
                 yield {"spawn.step": k, "seed": seed}   # dotted keys into get_config()
 
+or, for a grid that follows command-line overrides (`--config.instability.spawn_steps=`),
+
+    def sweep(config):      # get_config(arg) with the command-line overrides applied
+        for k in config.instability.spawn_steps:
+            yield {"instability.spawn_steps": (k,)}
+
 `lmc sweep --config=FILE --workdir=DIR [--config.a=b ...] [--parallel=P]` runs point
 `{"spawn.step": 0, "seed": 1}` as
 
@@ -21,7 +27,8 @@ end the `lmc report DIR` table is printed. `--print` prints one `lmc run` comman
 per point instead (for SLURM arrays and other schedulers; point i is line i+1).
 
 Every point is checked before anything runs: its keys must exist in the config and
-its command line must reproduce its config. One sweep per DIR at a time
+its command line must reproduce its config. A `sweep()` that does not take the config
+has a fixed grid: a command-line override of a key its points set is refused. One sweep per DIR at a time
 (DIR/.sweep.lock). Multi-process sweeps (every host runs the same `lmc sweep`, each
 point a multi-process `lmc run`) forward --coordinator/--num_processes/--process_id;
 only process 0 takes the lock and writes sweep.json.
@@ -47,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmc import io
+from lmc.cli import flags
 from lmc.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UserError
 from lmc.io.lock import workdir_lock
 
@@ -83,8 +91,11 @@ class Point:
 # ---------------------------------------------------------------- planning
 
 
-def load_sweep(config_file: str) -> list[dict]:
-    """The override dicts `sweep()` in `config_file` (`path[:arg]`) yields."""
+def load_sweep(config_file: str, config=None) -> tuple[list[dict], bool]:
+    """The override dicts `sweep()` in `config_file` (`path[:arg]`) yields, and whether
+    sweep() took the config. A parameter named `config` receives `config` (the file's
+    config with the command-line overrides applied), so the grid can follow them; any
+    other parameter receives the `:arg`."""
     path, _, arg = config_file.partition(":")
     module_name = "lmc_sweep_config_" + hashlib.sha1(path.encode()).hexdigest()[:8]
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -102,8 +113,9 @@ def load_sweep(config_file: str) -> list[dict]:
             "dicts such as {'spawn.step': 100, 'seed': 1} (use `lmc run` for a single run)"
         )
     try:
-        takes_arg = bool(inspect.signature(fn).parameters)
-        points = list(fn(arg or None) if takes_arg else fn())
+        names = list(inspect.signature(fn).parameters)
+        kwargs = {n: config if n == "config" else arg or None for n in names}
+        points = list(fn(**kwargs))
     except Exception as e:
         raise UserError(f"{path}: sweep() raised {type(e).__name__}: {e}") from None
     if not points:
@@ -114,7 +126,7 @@ def load_sweep(config_file: str) -> list[dict]:
                 f"{path}: sweep() point {i} is {point!r}; each point must be a dict of dotted "
                 "config keys to values"
             )
-    return [dict(p) for p in points]
+    return [dict(p) for p in points], "config" in names
 
 
 def check_key(config, key: str, where: str) -> None:
@@ -193,8 +205,17 @@ def plan(config, config_file: str, workdir: io.PathLike, argv: list[str]) -> lis
     """Every point, validated: keys exist and each command line yields its config."""
     workdir = io.path(workdir)
     base = forwarded_args(argv)
-    raw = load_sweep(config_file)
+    raw, follows = load_sweep(config_file, config)
     keys = {k for overrides in raw for k in overrides}
+    clash = sorted(set(flags.config_overrides(base)) & keys)
+    if clash and not follows:
+        path = config_file.partition(":")[0]
+        raise UserError(
+            f"{', '.join('--config.' + k for k in clash)}: the points of sweep() in {path} "
+            "set this key themselves, and sweep() does not take the config, so its grid "
+            "cannot follow the command line. Change the grid in the file, or define "
+            "`def sweep(config)` there to build it from the config with your overrides"
+        )
     varying = {k for k in keys if len({repr(o.get(k)) for o in raw}) > 1}
     points, names = [], {}
     for i, overrides in enumerate(raw):
@@ -211,10 +232,13 @@ def plan(config, config_file: str, workdir: io.PathLike, argv: list[str]) -> lis
 
 def _point(index, name, overrides, workdir, config_file, base, where) -> Point:
     """A point's `lmc run` arguments, checked: its command line reproduces its config."""
-    from lmc.cli import flags
     from lmc.provenance import config_hash, config_to_dict
 
     point_dir = workdir / name
+    # A key the point sets was derived from the command line's value (sweep(config)):
+    # the point's value replaces it (two tuple flags for one key would be merged).
+    replaced = {f for k, f in flags.config_overrides(base).items() if k in overrides}
+    base = [f for f in base if f not in replaced]
     args = [f"--config={config_file}", f"--workdir={point_dir}", *base]
     args += [f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
     try:

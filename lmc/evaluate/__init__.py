@@ -6,8 +6,9 @@
     entry = evaluate.method_entry(curve)   # results.json methods[name]: alphas, curves, barriers
     metrics_a = evaluate.evaluate(model.apply, {"params": pa, "model_state": sa}, dataset)
 
-Everything takes and returns plain dicts/lists; `apply_fn` is any
-`apply_fn(params, model_state, x, train) -> (logits, model_state)`. REPAIR's
+Everything takes and returns plain dicts/lists; `apply_fn` is a model (lmc, linen or
+NNX), any `apply_fn(params, model_state, x, train) -> (logits, model_state)`, or a
+plain `apply_fn(params, x) -> logits` (no model state; `lmc.models.calling`). REPAIR's
 layer hooks additionally need `apply_fn` to run Flax Linen modules.
 
 Files: `curves.py` (the jitted evaluator), `normalization.py` (stale / RESET /
@@ -18,7 +19,7 @@ Cost: `benchmarks/curve_eval.py` (a 25-alpha curve ~ 1.0-1.06x 25 forward passes
 """
 
 from lmc.evaluate.barriers import METRICS, barriers
-from lmc.evaluate.curves import evaluate, interpolation_curve
+from lmc.evaluate.curves import as_apply_fn, evaluate, interpolation_curve
 from lmc.evaluate.layer_hooks import default_repair_layers, list_layers
 from lmc.evaluate.normalization import NORMS
 
@@ -31,6 +32,7 @@ def method_entry(curve: dict) -> dict:
 
 def repair_layers(apply_fn, endpoint: dict, example_x) -> list[str]:
     """The layer keys REPAIR corrects by default for this model (see `layer_hooks`)."""
+    apply_fn = as_apply_fn(apply_fn, "evaluate.repair_layers")
     layers = list_layers(apply_fn, endpoint["params"], endpoint.get("model_state") or {}, example_x)
     return default_repair_layers(layers)
 

@@ -58,7 +58,9 @@ def interpolation_curve(
 
     Args:
       apply_fn: the model: an `lmc.models.Model`, a `flax.linen.Module` (its
-        `__call__(x)` or `__call__(x, train)`), or a function `apply_fn(params,
+        `__call__(x)` or `__call__(x, train)`), an `nnx.Module` or NNX
+        `(graphdef, state)` (see `lmc.models.as_model`), a plain function
+        `apply_fn(params, x) -> logits` (no model state), or a function `apply_fn(params,
         model_state, x, train) -> (logits, model_state)`. It is a static jit argument:
         pass the same (hashable) object every time to reuse the compiled evaluator.
       endpoint_a, endpoint_b: `{"params": ..., "model_state": ...}`, flax variables
@@ -85,7 +87,7 @@ def interpolation_curve(
       for (batch, time) targets), train before test for a Dataset. At alpha 0
       and 1 the values are the endpoints' own metrics, whatever `norm`.
     """
-    apply_fn = as_apply_fn(apply_fn)
+    apply_fn = as_apply_fn(apply_fn, "evaluate.interpolation_curve")
     a, b = as_endpoint(endpoint_a, "a"), as_endpoint(endpoint_b, "b")
     check_pair(a, b)
     alpha_values = check_alphas(alphas)
@@ -126,7 +128,7 @@ def evaluate(
     Runs the curve evaluator at the single alpha 0, so with the same `batch_size`
     and `train_subset` it returns exactly the values at the ends of every curve.
     """
-    apply_fn = as_apply_fn(apply_fn)
+    apply_fn = as_apply_fn(apply_fn, "evaluate.evaluate")
     e = as_endpoint(endpoint, "a")
     check_finite(e, "a")
     splits = splits_of(data, train_subset)
@@ -139,24 +141,14 @@ def evaluate(
     return {k: float(v[0]) for k, v in metrics.items()}
 
 
-def as_apply_fn(model):
+def as_apply_fn(model, api: str = "lmc.evaluate"):
     """The evaluator's `apply_fn(params, model_state, x, train) -> (logits, model_state)`
-    from any model lmc accepts: an `lmc.models.Model`, a `flax.linen.Module` (see
-    `lmc.models.as_model`), or such a function itself."""
-    import flax.linen as nn
+    from any model lmc accepts (an `lmc.models.Model`, a `flax.linen.Module`, an
+    `nnx.Module`; see `lmc.models.as_model`), such a function itself, or a plain
+    `apply_fn(params, x) -> logits` (see `lmc.models.calling`)."""
+    from lmc.models.calling import evaluator_fn
 
-    from lmc.models import Model, as_model
-
-    if isinstance(model, Model | nn.Module):
-        return as_model(model).apply
-    try:
-        hash(model)
-    except TypeError:
-        raise TypeError(
-            "apply_fn must be hashable (a function, or a method of a frozen object such as "
-            "lmc.models.Model): it is a static argument of the jitted evaluator"
-        ) from None
-    return model
+    return evaluator_fn(model, api)
 
 
 def _evaluate_splits(

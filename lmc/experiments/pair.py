@@ -48,4 +48,6 @@ def plot(results: dict, workdir: Path) -> list[Path]:
 
 def table(runs: list[tuple[str, dict]]) -> str:
     rows = [row for run, results in runs for row in tables.method_rows(run, results["methods"])]
-    return tables.markdown(tables.HEADER, rows)
+    out = tables.markdown(tables.HEADER, rows)
+    lm = [r for run, res in runs for r in tables.lm_endpoint_rows(run, res.get("endpoints", {}))]
+    return out + ("\n\n" + tables.markdown(tables.LM_HEADER, lm) if lm else "")

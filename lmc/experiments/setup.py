@@ -38,6 +38,8 @@ def load_data(config, name: str | None = None):
 def load_model(config, dataset) -> models.Model:
     """`config.model` for `dataset`'s classes; a transformer needs text, and vice versa."""
     text = dataset.kind == "text"
+    if models.is_plugin(config.model.name):  # a user's model: they know what it takes
+        return models.from_config(config.model, dataset.num_classes, dataset.train_x.shape[1:])
     if (config.model.name == "transformer") != text:
         raise UserError(
             f"config.model.name={config.model.name!r} does not fit config.data.name="

@@ -45,6 +45,25 @@ def method_rows(run: str, methods: dict) -> list[list[str]]:
     return rows
 
 
+# Language-model endpoints: results.json has these for text data (lmc.evaluate.metrics).
+LM_COLUMNS = ("test_loss", "test_perplexity", "test_bits_per_byte", "test_error")
+LM_HEADER = ["run", "endpoint", "test loss (nats)", "test perplexity", "test bits/byte",
+             "test error"]  # fmt: skip
+
+
+def lm_endpoint_rows(run: str, endpoints: dict) -> list[list[str]]:
+    """One row per endpoint that has language-model metrics (none for image data)."""
+    rows = []
+    for name, metrics in endpoints.items():
+        if "test_perplexity" in metrics:
+            cells = [
+                f"{metrics[c]:.4f}" if c != "test_error" else value(c, metrics[c])
+                for c in LM_COLUMNS
+            ]
+            rows.append([run, name, *cells])
+    return rows
+
+
 def point_rows(run: str, results: dict) -> list[list[str]]:
     """One row per (point, method) of sweep-shaped results (`points`, `sweep_key`)."""
     key = results["sweep_key"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from lmc import io, plots, training
+from lmc import io, models, plots, training
 from lmc.errors import UserError
 from lmc.experiments import compare, setup, tables
 from lmc.experiments.methods import validate_methods
@@ -33,7 +33,10 @@ def scaled(config, multiplier: float):
     c = copy.deepcopy(config)
     with c.unlocked():
         width = c.model.width * multiplier
-        c.model.width = int(round(width)) if c.model.name in INTEGER_WIDTHS else width
+        # A plug-in's width is a unit count when its config gives an integer.
+        plugin_units = models.is_plugin(c.model.name) and isinstance(c.model.width, int)
+        integer = c.model.name in INTEGER_WIDTHS or plugin_units
+        c.model.width = int(round(width)) if integer else width
     return c
 
 

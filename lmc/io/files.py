@@ -467,6 +467,20 @@ def describe_os_error(e: OSError, p: PathLike, doing: str) -> str | None:
             f"Cannot {verb} {s} while {doing}: {e.strerror}. Use a --workdir you can "
             f"write to, or fix the permissions of {where} (`ls -ld {where}`)."
         )
+    creating_dir = doing.startswith("creating") and doing.endswith("directory")
+    if (
+        creating_dir
+        and e.errno in (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP)
+        and not is_remote(p)
+    ):
+        # mkdir below an existing directory fails like this on kernel file systems
+        # (/proc, /sys) and on some special mounts: not a bug, a place lmc cannot write.
+        where = _first_existing(s)
+        return (
+            f"Cannot use {s} while {doing}: {e.strerror}, although {where} exists; its "
+            "file system does not take new directories (a kernel file system such as /proc "
+            "or /sys?). Use a --workdir on an ordinary disk."
+        )
     if is_remote(p) and str(e).startswith("Forbidden"):
         return (
             f"Permission denied on {s} while {doing}. Check the credentials on this host "

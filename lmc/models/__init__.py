@@ -7,6 +7,12 @@ Everything outside `lmc.models` sees a `Model` with
 
 where `params` and `model_state` (BatchNorm running statistics; `{}` if the model has
 none) are plain nested dicts. Flax stays inside this package.
+
+`as_model` gives that interface to lmc's own models (`build`, `from_config`), a
+user's flax.linen Module (`Model`), and a Flax NNX module, `(graphdef, state)` pair or
+factory (`nnx_model.NNXModel`; `nnx_update` writes dicts back into a module).
+`config.model.name = "package.module:factory"` builds a user's model from the CLI
+(`plugin`). `calling` tells the pure-function forms apart at lmc's public APIs.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from flax import nnx
 
 from lmc.errors import UserError, choose
 from lmc.models.cnn import CNN
 from lmc.models.mlp import MLP
+from lmc.models.nnx_model import NNXModel, nnx_model, nnx_update
+from lmc.models.plugin import build_plugin, is_plugin
 from lmc.models.resnet import ResNet20
 from lmc.models.transformer import build_transformer
 from lmc.models.vgg import CONFIGS as VGG_CONFIGS
@@ -59,19 +68,33 @@ class Model:
         return self.module.apply(variables, x, **self._kwargs(train)), model_state
 
 
-def as_model(model) -> Model:
-    """One calling convention for every model lmc accepts: an `lmc.models.Model`, or a
+def is_model(obj) -> bool:
+    """Whether `as_model` takes `obj` (as opposed to a pure function)."""
+    return isinstance(obj, Model | NNXModel | nn.Module | nnx.Module) or _is_nnx_split(obj)
+
+
+def _is_nnx_split(obj) -> bool:
+    return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nnx.GraphDef)
+
+
+def as_model(model) -> Model | NNXModel:
+    """One calling convention for every model lmc accepts: an `lmc.models.Model`, a
     user's `flax.linen.Module` (with or without a `train` argument; BatchNorm running
-    statistics in the `batch_stats` collection)."""
-    if isinstance(model, Model):
+    statistics in the `batch_stats` collection), or a Flax NNX `nnx.Module` or
+    `(graphdef, state)` pair (`nnx.BatchStat` variables as model state; see
+    `lmc.models.nnx_model`)."""
+    if isinstance(model, Model | NNXModel):
         return model
     if isinstance(model, nn.Module):
         takes_train = "train" in inspect.signature(type(model).__call__).parameters
         return Model(type(model).__name__, model, takes_train)
+    if isinstance(model, nnx.Module) or _is_nnx_split(model):
+        return nnx_model(model)
     raise UserError(
-        f"expected an lmc.models.Model or a flax.linen.Module, got {type(model).__name__}; "
-        "for a plain function apply_fn(params, x) use align.spec_from_function, and pass "
-        "evaluate functions apply_fn(params, model_state, x, train)"
+        f"expected a model (lmc.models.Model, flax.linen.Module, nnx.Module or NNX "
+        f"(graphdef, state)), got {type(model).__name__}; for a plain function "
+        "apply_fn(params, x) use align.spec_from_function, and pass evaluate functions "
+        "apply_fn(params, model_state, x, train)"
     )
 
 
@@ -109,7 +132,11 @@ DEFAULT_SIZES = {"mlp": (512, 3), "cnn": (32, None), "vgg11": (1.0, None),
 def build(name: str, num_classes: int, width=None, depth=None, norm=None, **lm) -> Model:
     """Build model `name`. `width` is units (mlp), base channels (cnn), a multiplier, or
     d_model (transformer, which also takes heads, context, mlp_ratio, positions)."""
-    choose("model", name, MODELS)
+    if is_plugin(name):
+        raise UserError(
+            f"model {name!r} is a plug-in: build it with from_config (it needs input_shape)"
+        )
+    choose("model", name, [*MODELS, "package.module:factory (a plug-in)"])
     if name == "transformer":
         return Model(name, build_transformer(num_classes, width, depth, norm, **lm))
     default_width, default_depth = DEFAULT_SIZES[name]
@@ -130,8 +157,16 @@ def build(name: str, num_classes: int, width=None, depth=None, norm=None, **lm) 
     return Model(name, ResNet20(num_classes, int(width), norm or "batchnorm"))
 
 
-def from_config(model_config, num_classes: int) -> Model:
-    """The model of `config.model` (every key given by the config, see lmc.config_base)."""
+def from_config(model_config, num_classes: int, input_shape=None) -> Model | NNXModel:
+    """The model of `config.model` (every key given by the config, see lmc.config_base).
+    A name `package.module:factory` is a plug-in model (`lmc.models.plugin`), given
+    `num_classes` and `input_shape` (one example's shape)."""
+    if is_plugin(model_config.name):
+        if input_shape is None:
+            raise UserError(
+                "a plug-in model (config.model.name 'module:factory') needs input_shape"
+            )
+        return build_plugin(model_config.name, num_classes, input_shape, model_config)
     extra = {}
     if model_config.name == "transformer":
         extra = {k: model_config[k] for k in ("heads", "context", "mlp_ratio", "positions")}
@@ -145,4 +180,16 @@ def from_config(model_config, num_classes: int) -> Model:
     )
 
 
-__all__ = ["Model", "as_model", "as_tree", "build", "from_config", "MODELS"]
+__all__ = [
+    "MODELS",
+    "Model",
+    "NNXModel",
+    "as_model",
+    "as_tree",
+    "build",
+    "from_config",
+    "is_model",
+    "is_plugin",
+    "nnx_model",
+    "nnx_update",
+]

@@ -13,7 +13,8 @@ Both run the same loop with the same hooks, in this order after every step:
   one `metrics.jsonl` per member;
 - checkpoints: every `config.checkpoint.every_steps`, at `keep_steps` (kept forever),
   and at the end;
-- progress: a bar on a terminal, evaluation lines everywhere.
+- progress: a bar on a terminal; elsewhere a line every 30 s (step, rate, ETA); evaluation
+  lines everywhere.
 
 The batch at step t is `dataset.train_batch(data_seed, t)` and augmentation is keyed
 by fold_in(aug_seed, t), so a run is fully determined by (config, seeds), and resuming
@@ -46,7 +47,7 @@ from lmc import sharding as sharding_lib
 from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset
 from lmc.errors import UserError
-from lmc.models import Model
+from lmc.models import Model, as_model
 from lmc.progress import Progress
 from lmc.training.metrics_log import MetricsWriter
 from lmc.training.population import stack, unstack
@@ -136,7 +137,8 @@ class _Loop:
     """The loop and its hooks over a state that is one network or a stacked population."""
 
     def __init__(self, model, config, members, run_dir, *, population, name=None):
-        self.model, self.config, self.members = model, config, members
+        # Any model lmc accepts (linen, NNX, lmc.models.Model) trains the same way.
+        self.model, self.config, self.members = as_model(model), config, members
         self.run_dir, self.population = run_dir, population
         self.name = name or members[0].name
         lengths = {total_steps(config, m.dataset) for m in members}

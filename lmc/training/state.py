@@ -17,7 +17,7 @@ import optax
 
 from lmc.data import steps_per_epoch
 from lmc.errors import UserError
-from lmc.models import Model
+from lmc.models import Model, as_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def make_optimizer_for(config, num_steps: int) -> optax.GradientTransformation:
 def init_state(
     model: Model, optimizer: optax.GradientTransformation, init_seed: int, example_x: np.ndarray
 ) -> dict:
-    params, model_state = model.init(jax.random.key(init_seed), jnp.asarray(example_x))
+    params, model_state = as_model(model).init(jax.random.key(init_seed), jnp.asarray(example_x))
     return {
         "params": params,
         "model_state": model_state,
