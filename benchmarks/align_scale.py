@@ -208,9 +208,7 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(
-                f"| {r['shape']} | | {r['method']} | {r['code']} | {r['error']} | | | |"
-            )
+            lines.append(f"| {r['shape']} | | {r['method']} | {r['code']} | {r['error']} | | | |")
             continue
         lines.append(
             f"| {r['shape']} | {r['params_m']} | {r['method']} | {r['code']} | {r['wall_s']} | "
