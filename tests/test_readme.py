@@ -111,3 +111,21 @@ def test_your_own_nnx_model_example_runs_and_alignment_helps(capsys):
     out, naive, aligned = run_first_block("Your own NNX model, from data to curve", capsys)
     assert naive > 0.03 and aligned < 0.5 * naive, out
     assert "aligned B computes B's function: True" in out
+
+
+def test_transformer_recipes_example_runs(capsys):
+    """The recipes block of the alignment section: the heads refinement does not lower
+    weight matching's objective, and the orthogonal recipe keeps B's function."""
+    text = README.read_text()
+    start = text.index("## Permutation alignment")
+    section = text[start : text.index("\n## ", start + 1)]
+    block = next(
+        b
+        for b in re.findall(r"```python\n(.*?)```", section, re.S)
+        if "recipes" in b or "weight_matching_heads" in b
+    )
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    plain, heads = (float(v) for v in re.search(r"J plain (\S+) -> heads (\S+)", out).groups())
+    assert heads >= plain - 1e-3
+    assert "same function as B: True" in out
