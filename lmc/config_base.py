@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.instability = ml_collections.ConfigDict()
     c.instability.spawn_steps = (0, 10, 50)
     c.instability.num_pairs = 1
+    # Stable from k on: the mean test-error barrier stays at or below this fraction
+    # (0.02 = Frankle et al.'s 2 points); the first such k is the reported onset k*.
+    c.instability.stable_threshold = 0.02
     c.width = ml_collections.ConfigDict()
     c.width.multipliers = (0.25, 1.0)
     c.width.num_pairs = 1
