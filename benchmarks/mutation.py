@@ -199,6 +199,16 @@ MUTATIONS = [
             "tests/test_sweep.py::test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure",
         ),
     ),
+    Mutation(
+        "spawn: children start from the parent's initial checkpoint, not step k",
+        "lmc/training/siblings.py",
+        "return ckpt.restore(step, template)",
+        "return ckpt.restore(min(ckpt.steps()), template)",
+        (
+            "tests/test_instability_onset.py::"
+            "test_outcome_cnn_on_digits_is_unstable_at_init_and_stable_from_midway",
+        ),
+    ),
 ]
 
 
