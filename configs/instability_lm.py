@@ -25,6 +25,9 @@ connected (Neyshabur et al. 2020; Wortsman et al. 2022).
 
 from lmc.config_base import lm_config
 
+SPAWN_STEPS = (0, 50, 100, 200)
+NUM_PAIRS = 3
+
 
 def get_config(arg: str | None = None):
     del arg
@@ -33,14 +36,20 @@ def get_config(arg: str | None = None):
     c.data.name = "text:code"
     c.num_steps = 400
     c.spawn.mode = "spawn"
-    c.spawn.child_seeds = (1, 2)
-    c.instability.spawn_steps = (0, 50, 200)
-    c.instability.num_pairs = 1
+    c.spawn.child_seeds = tuple(range(1, 2 * NUM_PAIRS + 1))
+    c.instability.spawn_steps = SPAWN_STEPS
+    c.instability.num_pairs = NUM_PAIRS
     c.eval.methods = ("naive",)
     return c
 
 
 def sweep():
-    """One `lmc run` per spawn step: `lmc sweep` runs these points."""
-    for k in (0, 50, 200):
-        yield {"instability.spawn_steps": (k,)}
+    """One `lmc run` per (spawn step, pair): `lmc sweep` trains the parent once, runs
+    these points and pools their pairs into one barrier_vs_k.png and k*."""
+    for k in SPAWN_STEPS:
+        for pair in range(NUM_PAIRS):
+            yield {
+                "instability.spawn_steps": (k,),
+                "instability.num_pairs": 1,
+                "spawn.child_seeds": (2 * pair + 1, 2 * pair + 2),
+            }
