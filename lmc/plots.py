@@ -158,6 +158,8 @@ def _onset_marks(ax, onsets: dict | None, metric: str, colors: dict) -> None:
     for name, entry in (onsets or {}).items():
         if entry.get("spawn_step") is not None and name in colors:
             ax.axvline(entry["spawn_step"], color=colors[name], linewidth=1.2, linestyle=":")
+            ax.text(entry["spawn_step"], 0.97, " k*", transform=ax.get_xaxis_transform(),
+                    color=colors[name], va="top", fontsize=9)  # fmt: skip
         if metric == entry.get("metric"):
             ax.axhline(entry["threshold"], color="black", linewidth=0.8, linestyle=":")
 

@@ -273,8 +273,11 @@ def test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure(t
     assert cli.main(["lmc", "run", f"--config={cfg}", f"--workdir={single}"]) == 0
     alone = json.loads((single / "results.json").read_text())
     assert pooled["points"] == alone["points"]
+    # The onset k* over the pooled pairs is the single run's (same points, same length).
+    assert pooled["onset"] == alone["onset"] and pooled["total_steps"] == alone["total_steps"]
     # `lmc report DIR` on the sweep prints the pooled table, grouped by k.
     capsys.readouterr()
     assert cli.main(["lmc", "report", str(workdir)]) == 0
     out = capsys.readouterr().out
     assert "[spawn_step=0]" in out and "naive (2 pairs)" in out
+    assert "Onset k*" in out and "naive: k* " in out
