@@ -28,7 +28,7 @@ MNIST is stable at k=0; ResNet-20 on CIFAR-10 becomes stable around iteration 20
 
 from lmc.config_base import base_config
 
-SPAWN_STEPS = (0, 25, 50, 100, 200)
+SPAWN_STEPS = (0, 50, 100, 200, 400, 600)
 NUM_PAIRS = 3
 
 
