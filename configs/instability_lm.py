@@ -1,19 +1,23 @@
 """Instability analysis (Frankle et al. 2020) of a byte-level transformer LM.
 
 A 2-layer, width-128 transformer is trained on the Python standard library's sources
-(`text:code`); at each spawn step k two children continue from its checkpoint with
-different data orders; the loss/error barrier between them is plotted versus k
-(barrier_vs_k.png, results.json `points`, the same form as `instability`).
+(`text:code`); at each spawn step k (0, 50, 100, 200 of 400) three pairs of children
+continue from its checkpoint with different data orders; the loss/error barrier
+between them is plotted versus k with its spread over pairs (barrier_vs_k.png), and the
+onset k* (mean test-error barrier at or below 2 points from there on) is reported
+(results.json `onset`, `lmc report`), the same form as every `instability` run.
 
-Launch (5 training runs, 2100 steps in all; 10.5 minutes wall on 2 heavily shared
-CPU cores, 3.2 minutes of user CPU time):
+Launch (a 200-step parent and 24 children, 7,700 steps in all; the children of each k
+train as one vmapped population):
 
     lmc run --config=configs/instability_lm.py --workdir=runs/instability_lm
+    lmc sweep --config=configs/instability_lm.py --workdir=runs/instability_lm_sweep
 
-Measured (one pair per k): test-loss barrier 0.047 nats at k=0, 0.021 at k=50 and
-0.000 at k=200 (test-error barrier 2.4, 1.4, 0.0 points): children that share the
-init only are already nearly linearly connected on one corpus, and sharing half the
-trajectory makes the path convex.
+Measured earlier with one pair per k (the previous version of this config): test-loss
+barrier 0.047 nats at k=0, 0.021 at k=50 and 0.000 at k=200 (test-error barrier 2.4,
+1.4, 0.0 points), so k* = 50 by the 2-point criterion: children that share the init
+only are already nearly linearly connected on one corpus. The 3-pair run is measured in
+the README (section "The instability onset").
 
 The generic `instability` experiment: the same code path as the image configs (the
 evaluator counts (N, T) labels per token).
@@ -37,6 +41,7 @@ def get_config(arg: str | None = None):
     c.num_steps = 400
     c.spawn.mode = "spawn"
     c.spawn.child_seeds = tuple(range(1, 2 * NUM_PAIRS + 1))
+    c.spawn.population = True  # the 6 children of a k train as one vmapped step
     c.instability.spawn_steps = SPAWN_STEPS
     c.instability.num_pairs = NUM_PAIRS
     c.eval.methods = ("naive",)
