@@ -333,6 +333,16 @@ MUTATIONS = [
             f"{INPUTS_EVAL}::test_reset_statistics_come_from_bn_reset_batches_of_the_whole_training_split",
         ),
     ),
+    Mutation(
+        "spawn: children start from the parent's initial checkpoint, not step k",
+        "lmc/training/siblings.py",
+        "return ckpt.restore(step, template)",
+        "return ckpt.restore(min(ckpt.steps()), template)",
+        (
+            "tests/test_instability_onset.py::"
+            "test_outcome_cnn_on_digits_is_unstable_at_init_and_stable_from_midway",
+        ),
+    ),
 ]
 
 

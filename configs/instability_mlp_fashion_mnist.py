@@ -25,6 +25,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.experiment = "instability"
     c.data.name = "fashion_mnist"
+    c.data.augment = False  # measured without crops/flips (Git Re-Basin trains unaugmented)
     c.model.name, c.model.width, c.model.depth = "mlp", 512, 3
     c.optimizer.name, c.optimizer.learning_rate, c.optimizer.momentum = "sgd", 0.05, 0.9
     c.batch_size = 128

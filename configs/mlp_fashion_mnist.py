@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
     del arg
     c = base_config()
     c.data.name = "fashion_mnist"
+    c.data.augment = False  # measured without crops/flips (Git Re-Basin trains unaugmented)
     c.model.name, c.model.width, c.model.depth = "mlp", 512, 3
     c.optimizer.name, c.optimizer.learning_rate = "adam", 1e-3
     c.batch_size = 512

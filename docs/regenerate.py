@@ -1,9 +1,10 @@
 """Regenerate the README's numbers and figures from fresh runs: one command.
 
     python docs/regenerate.py            # the default run (configs/default.py), ~15-40 s
-    python docs/regenerate.py --all      # also every docs/lm_*.png (about 1.5 hours on 2 cores)
+    python docs/regenerate.py --all      # also docs/onset_* and docs/lm_*.png (about 2 hours on 2 cores)
 
-`--all` adds configs/lm_code_vs_prose.py (-> docs/lm_code_vs_prose.png) and the 3
+`--all` adds the instability-onset sweep of configs/instability_cnn_fashion_mnist.py
+(-> docs/onset_fashion_mnist.png and .json), configs/lm_code_vs_prose.py (-> docs/lm_code_vs_prose.png) and the 3
 lm_rebasin pairs of benchmarks/lm_rebasin_pairs.py (-> docs/lm_rebasin_loss.png,
 docs/lm_rebasin_curves.png, and learned matching at steps 400/800/1200 ->
 docs/lm_rebasin_length.png); their tables in the README are then updated by hand from
@@ -99,10 +100,22 @@ def regenerate_language_models(tmp: Path) -> None:
                    check=True)  # fmt: skip
 
 
+def regenerate_onset(tmp: Path) -> None:
+    """The instability-onset figure (docs/onset_fashion_mnist.png) and results.json
+    (docs/onset_fashion_mnist.json, the README's table) from a fresh sweep."""
+    sweep = tmp / "onset_fmnist"
+    subprocess.run([sys.executable, "-m", "lmc.cli", "sweep",
+                    "--config=configs/instability_cnn_fashion_mnist.py", f"--workdir={sweep}",
+                    "--parallel=2"], cwd=ROOT, check=True)  # fmt: skip
+    shutil.copy(sweep / "barrier_vs_k.png", ROOT / "docs" / "onset_fashion_mnist.png")
+    shutil.copy(sweep / "results.json", ROOT / "docs" / "onset_fashion_mnist.json")
+
+
 def main() -> int:
     every = "--all" in sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         if every:
+            regenerate_onset(Path(tmp))
             regenerate_language_models(Path(tmp))
         workdir = Path(tmp) / "default"
         t0 = time.perf_counter()

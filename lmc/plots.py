@@ -80,8 +80,11 @@ def _barrier_summary(entry: dict) -> str:
     return ", ".join(parts) if parts else "n/a"
 
 
-def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier"):
-    """Barrier mean ± std (over pairs) versus the swept value, one line per method.
+def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier", notes=None):
+    """Barrier mean ± std (over pairs) versus the swept value, one line per method, with
+    each pair's barrier as a dot. `results["onset"]` (instability's k* per method) is
+    drawn as a dotted vertical line per method and its threshold as a dotted horizontal
+    line; `notes` ({method: text}) is added to the legend (e.g. the k* values).
 
     Reads `results["points"]`: entries `{x_key: value, "methods": {name:
     {"<kind>_mean": {metric: v}, "<kind>_std": {metric: v}, ...}}}` as written by
@@ -117,13 +120,17 @@ def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier"):
                 ax.plot(xs, mean, marker="o", markersize=4, linewidth=1.6,
                         color=colors[name], label=name)  # fmt: skip
                 ax.fill_between(xs, low, high, color=colors[name], alpha=0.18, linewidth=0)
+                _pair_dots(ax, points, x_key, name, kind, metric, colors[name])
             ax.axhline(0.0, color="gray", linewidth=0.8, linestyle="--")
+            _onset_marks(ax, results.get("onset") if kind == "barrier" else None, metric, colors)
             ax.set_title(f"{kind.replace('_', ' ')}: {_label(results, metric)}")
             if row == 1:
                 ax.set_xlabel(_x_label(x_key))
             _style_metric_axis(ax, metric)
             _scale_x(ax, xs)
-    _legend(fig, colors, {name: name for name in names}, ncols=4)
+    notes = notes or {}
+    labels = {n: f"{n}   {notes[n]}" if n in notes else n for n in names}
+    _legend(fig, colors, labels, ncols=2 if notes else 4)
     num_pairs = {e.get("num_pairs") for p in points for e in p.get("methods", {}).values()}
     num_pairs.discard(None)
     counts = "/".join(map(str, sorted(num_pairs)))
@@ -132,6 +139,29 @@ def plot_sweep(results: dict, path, x_key: str, kind: str = "barrier"):
     )
     fig.suptitle(_title(results, f"{kind.replace('_', ' ')} vs {x_key}  {subtitle}"), fontsize=13)
     return _save(fig, path)
+
+
+def _pair_dots(ax, points, x_key, name, kind, metric, color) -> None:
+    """Each pair's own barrier as a dot: the spread the mean ± std band summarizes."""
+    xs, ys = [], []
+    for p in points:
+        for pair in p.get("pairs") or []:
+            v = (pair.get(name, {}).get(kind) or {}).get(metric)
+            if v is not None:
+                xs.append(float(p[x_key]))
+                ys.append(float(v))
+    ax.scatter(xs, ys, s=9, color=color, alpha=0.55, linewidths=0)
+
+
+def _onset_marks(ax, onsets: dict | None, metric: str, colors: dict) -> None:
+    """k* of each method as a vertical line, and the stability threshold on its metric."""
+    for name, entry in (onsets or {}).items():
+        if entry.get("spawn_step") is not None and name in colors:
+            ax.axvline(entry["spawn_step"], color=colors[name], linewidth=1.2, linestyle=":")
+            ax.text(entry["spawn_step"], 0.97, " k*", transform=ax.get_xaxis_transform(),
+                    color=colors[name], va="top", fontsize=9)  # fmt: skip
+        if metric == entry.get("metric"):
+            ax.axhline(entry["threshold"], color="black", linewidth=0.8, linestyle=":")
 
 
 def plot_merge(results: dict, path):

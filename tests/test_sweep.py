@@ -315,11 +315,14 @@ def test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure(t
     # Both runs share the spawn code, so anchor one child independently: a k = 0 child
     # of a point is a plain run from the parent's init with the point's child seed.
     _assert_child_is_a_fresh_run(workdir / "spawn_steps=0,child_seeds=3-4", tmp_path / "ref")
+    # The onset k* over the pooled pairs is the single run's (same points, same length).
+    assert pooled["onset"] == alone["onset"] and pooled["total_steps"] == alone["total_steps"]
     # `lmc report DIR` on the sweep prints the pooled table, grouped by k.
     capsys.readouterr()
     assert cli.main(["lmc", "report", str(workdir)]) == 0
     out = capsys.readouterr().out
     assert "[spawn_step=0]" in out and "naive (2 pairs)" in out
+    assert "Onset k*" in out and "naive: k* " in out
 
 
 def _assert_child_is_a_fresh_run(point: Path, ref_dir: Path) -> None:

@@ -36,6 +36,8 @@ SOURCES = {
     ),
 }
 
+FLIPPABLE = ("fashion_mnist",)
+
 _FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -120,4 +122,7 @@ def load_idx_dataset(name: str, directory: str | None = None) -> Dataset:
         test_x,
         arrays["test_y"].astype(np.int32),
         num_classes=int(arrays["train_y"].max()) + 1,
+        # Clothing is left-right symmetric, so crop + flip (the CIFAR recipe) applies;
+        # digits and characters are not, so MNIST and KMNIST stay unaugmented.
+        augmentable=name in FLIPPABLE,
     )

@@ -4,7 +4,9 @@ One parent is trained to the largest spawn step k of `config.instability.spawn_s
 (every k kept); at each k, `config.instability.num_pairs` pairs of children continue
 from its checkpoint with different data order/augmentation, train to the end and are
 interpolated pairwise. The barrier's mean and std over pairs is reported versus k. A
-network is "stable" from step k on when the barrier is ~0.
+network is "stable" from step k on when the mean test-error barrier stays at or below
+`config.instability.stable_threshold`; that first k, the onset k*, is reported per method
+(results.json `onset`, see lmc.experiments.onset).
 
 Layout: parent/, k<k>/child_<i>/ (children 2j and 2j+1 form pair j, seeds from
 config.spawn.child_seeds). Outputs: results.json `points`, barrier_vs_k.png.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from lmc import io, plots, training
 from lmc.errors import UserError
-from lmc.experiments import compare, setup, tables
+from lmc.experiments import compare, onset, setup, tables
 from lmc.experiments.methods import validate_methods
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def validate(config) -> None:
     validate_methods(config, setup.has_batchnorm(model, dataset))
     training.validate_spawn(config, dataset, spawn_steps(config), "config.instability.spawn_steps")
     num_pairs(config)
+    onset.validate_threshold(config.instability.stable_threshold)
 
 
 def parent_steps(config) -> list[int]:
@@ -77,21 +80,45 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
             "spawn step %d: test-loss barrier %s", k,
             {m: v.get("barrier_mean", {}).get("test_loss") for m, v in points[-1]["methods"].items()},
         )  # fmt: skip
-    body = {"sweep_key": SWEEP_KEY, "points": points}
+    total = training.total_steps(config, dataset)
+    threshold = float(config.instability.stable_threshold)
+    body = {"sweep_key": SWEEP_KEY, "points": points, "total_steps": total,
+            "onset": onset.onset(points, SWEEP_KEY, threshold, total)}  # fmt: skip
     if dataset.kind == "text":
         body["data"] = dataset.summary()
     return body
 
 
 def aggregate(runs: list[tuple[str, dict]]) -> dict:
-    """One result from the runs of a sweep: pairs at equal values pooled."""
-    return compare.merge_points(runs, SWEEP_KEY)
+    """One result from the runs of a sweep: pairs at equal values pooled, k* over them."""
+    merged = compare.merge_points(runs, SWEEP_KEY)
+    first = runs[0][1]
+    total = first.get("total_steps")  # absent in results written before k* was reported
+    merged["total_steps"] = total
+    merged["onset"] = onset.onset(merged["points"], SWEEP_KEY, _threshold(first["config"]), total)
+    return merged
+
+
+def _threshold(config: dict) -> float:
+    # Results written before the key existed used Frankle et al.'s 2 points.
+    return float(config["instability"].get("stable_threshold", onset.DEFAULT_THRESHOLD))
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:
-    return [plots.plot_sweep(results, io.path(workdir) / "barrier_vs_k.png", SWEEP_KEY)]
+    notes = {m: onset.describe(e) for m, e in (results.get("onset") or {}).items()}
+    path = io.path(workdir) / "barrier_vs_k.png"
+    return [plots.plot_sweep(results, path, SWEEP_KEY, notes=notes)]
 
 
 def table(runs: list[tuple[str, dict]]) -> str:
     rows = [row for run, results in runs for row in tables.point_rows(run, results)]
-    return tables.markdown(tables.HEADER, rows)
+    text = tables.markdown(tables.HEADER, rows)
+    lines = [f"- {run}, {method}: {onset.describe(entry)}"
+             for run, results in runs for method, entry in (results.get("onset") or {}).items()]  # fmt: skip
+    if not lines:  # results written before k* was reported
+        return text
+    return (
+        text
+        + "\n\nOnset k* (mean test-error barrier stays at or below the threshold):\n"
+        + "\n".join(lines)
+    )
