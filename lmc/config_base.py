@@ -100,9 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.instability = ml_collections.ConfigDict()
     c.instability.spawn_steps = (0, 10, 50)  # the steps k children are spawned at
     c.instability.num_pairs = 1  # pairs of children per k (2 child seeds each)
-    # Stable from k on: the mean test-error barrier stays at or below this fraction
-    # (0.02 = Frankle et al.'s 2 points); the first such k is the reported onset k*.
-    c.instability.stable_threshold = 0.02
+    # The first k from which the mean test-error barrier stays <= this is the onset k*.
+    c.instability.stable_threshold = 0.02  # stable: barrier <= 0.02 (Frankle's 2 points)
     c.width = ml_collections.ConfigDict()
     c.width.multipliers = (0.25, 1.0)  # model.width is scaled by each
     c.width.num_pairs = 1  # pairs of children per width (2 child seeds each)

@@ -204,7 +204,7 @@ def test_show_lists_every_key_with_value_and_comment(tmp_path, capsys):
                  f"--workdir={tmp_path / 'w'}", "--config.model.width=64"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     # Values are aligned after the longest key, so match any run of spaces.
-    assert re.search(r"^model\.width += 64$", out, re.M)  # the override is applied
+    assert re.search(r"^model\.width += 64\b", out, re.M)  # the override is applied
     assert re.search(r"^data\.name += 'text:code'", out, re.M)  # the config file's value
     assert "# fraction of files held out" in out  # lmc.config_base's comment
     assert "eval.methods" in out and "spawn.child_seeds" in out
