@@ -10,9 +10,8 @@ k = 0 shares the init only; `lm.independent` adds a pair from different inits,
 averaged after each method of `config.eval.methods` (naive, weight matching, ...).
 Fork steps are `config.instability.spawn_steps`.
 
-Launch (4 min 38 s wall on this project's 2-core x86_64 VM, nearly quiet, with the
-persistent compilation cache of earlier runs: 7 training runs of <= 400 steps and
-five alignment methods, of which learned matching takes 2 minutes):
+Launch (7 training runs of <= 400 steps and five alignment methods; a few minutes
+on 2 CPU cores, timings in the README):
 
     lmc run --config=configs/lm_code_vs_prose.py --workdir=runs/lm_code_vs_prose
 

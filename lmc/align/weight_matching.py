@@ -28,8 +28,8 @@ How it is made fast (alignment runs for every pair of a sweep):
   its BLAS is faster than XLA's dot there (measured 80 ms vs 128 ms for a
   (512 x 20480) @ (20480 x 512) product on 2 cores) and nothing needs compiling.
 
-Measured (benchmarks/run.py, 2 cores): 6.05x faster than the eager reference on a
-3x2048 MLP pair, 2.25x on ResNet-20 x8, with the same permutations.
+Speed against the eager reference: `python benchmarks/run.py --only weight_matching`
+(numbers in the README's Performance section).
 """
 
 from __future__ import annotations
