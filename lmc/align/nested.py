@@ -12,34 +12,26 @@ exactly given the other permutations:
     T[i, g] = sum_j v_j[i, g] + <A_i, B_g> over the leaves h acts on without a w_j;
     pi = the assignment maximizing sum_i T[i, pi(i)]; w_j[i] = sigma_j[i, pi(i)].
 
-Heads x heads small assignments (4 heads of 32 dims: 16 assignments of 32 x 32 per
-w_j) cost little next to the cost matrices. Costs are built from B with the other
-permutations applied (a materialized copy; these specs belong to attention models,
-whose permuted leaves fit in memory many times over), so any mix of blocked or
-nested axes is handled by `apply_permutation` itself.
+The family is one block of weight matching's coordinate descent
+(`lmc.align.weight_matching`): a leaf carrying the unit and a nested permutation is
+read as a (rows, heads * n) matrix, head major, so the costs of all head pairs are one
+product A^T B[rows], cached and updated like any plain permutation's. Heads x heads
+small assignments (4 heads of 32 dims: 16 assignments of 32 x 32 per w_j) cost little
+next to that product.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import numpy as np
 
-from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units, permute_leaf
+from lmc.align.spec import PermutationSpec, nested_units
 from lmc.errors import UserError
 
 # The assignment solver, (n, n) cost -> perm maximizing sum_i cost[i, perm[i]]; the
 # caller (`weight_matching`) passes its own, so both use the same one.
 Solve = Callable[[np.ndarray], np.ndarray]
-
-
-def unit_rows(x: np.ndarray, axis: int, inner: int, n: int) -> np.ndarray:
-    """x with the permuted factor of `axis` last, flattened to (-1, n)."""
-    shape = x.shape
-    axis %= len(shape)
-    x = x.reshape((*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :]))
-    return np.moveaxis(x, axis + 1, -1).reshape((-1, n))
 
 
 def families(spec: PermutationSpec) -> dict[str, list[str]]:
@@ -72,152 +64,37 @@ def validate(spec: PermutationSpec) -> dict[str, list[str]]:
     return fams
 
 
-def objective(spec, perms, tree_a, tree_b) -> float:
-    """J = sum over the spec's leaves of <W_a, P(W_b)> (leaves no permutation touches
-    add a constant and are left out)."""
-    permuted = apply_permutation(spec, perms, tree_b)
-    return float(
-        sum(
-            np.dot(
-                np.asarray(get_leaf(tree_a, p), np.float64).ravel(),
-                np.asarray(get_leaf(permuted, p), np.float64).ravel(),
-            )
-            for p in spec.by_leaf()
-        )
-    )
+def solve_family(unit, base, pair_costs, perms, heads: int, solve: Solve):
+    """The best unit and nested permutations of one family given the others.
 
-
-def _block_leaves(spec, perms, tree_b, names) -> dict:
-    """B's leaves that the permutations `names` act on, with every *other* permutation
-    applied (those of `names` at the identity): only the leaves one block reads are
-    copied, not the whole tree (a GPT-2-size model has hundreds of blocks per sweep)."""
-    by_leaf = spec.by_leaf()
-    paths = {r.path for n in names for r in spec.axes[n]}
-    return {
-        p: permute_leaf(
-            np.asarray(get_leaf(tree_b, p)), [nr for nr in by_leaf[p] if nr[0] not in names], perms
-        )
-        for p in paths
-    }
-
-
-def solve_plain(
-    spec, sizes, perms, tree_a, tree_b, name, solve: Solve
-) -> tuple[np.ndarray, float, float]:
-    """The best permutation `name` given the others: (perm, new value, old value)."""
-    b = _block_leaves(spec, perms, tree_b, {name})
-    n = sizes[name]
-    cost = np.zeros((n, n))
-    for r in spec.axes[name]:
-        a_rows = unit_rows(np.asarray(get_leaf(tree_a, r.path), np.float32), r.axis, r.inner, n)
-        b_rows = unit_rows(np.asarray(b[r.path], np.float32), r.axis, r.inner, n)
-        cost += a_rows.T @ b_rows  # float32 product (BLAS), summed in float64
-    cols = solve(cost)
-    rows = np.arange(n)
-    return cols, cost[rows, cols].sum(), cost[rows, np.asarray(perms[name])].sum()
-
-
-def _head_major(x: np.ndarray, unit_axis: int, axis: int | None, n: int | None) -> np.ndarray:
-    """x as (H, M, n) with the unit axis first and `axis` last, or (H, M) without one
-    (both axes numbered in x, non-negative)."""
-    if axis is None:
-        return np.moveaxis(x, unit_axis, 0).reshape(x.shape[unit_axis], -1)
-    x = np.moveaxis(x, (unit_axis, axis), (0, -1))
-    return x.reshape(x.shape[0], -1, n)
-
-
-def _pair_costs(ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
-    """c[i, g] = ha[i]^T hb[g] for (H, M, n) stacks, as one (H n, H n) float32 GEMM
-    (np.einsum without a path optimizer does not use BLAS)."""
-    heads, m, n = ha.shape
-    a = np.ascontiguousarray(ha.transpose(0, 2, 1)).reshape(heads * n, m)
-    b = np.ascontiguousarray(hb.transpose(1, 0, 2)).reshape(m, heads * n)
-    return (a @ b).reshape(heads, n, heads, n).transpose(0, 2, 1, 3)
-
-
-def solve_family(spec, sizes, perms, tree_a, tree_b, unit, nested, solve: Solve):
-    """The best unit and nested permutations given the others: (perms, new, old)."""
-    b = _block_leaves(spec, perms, tree_b, {unit, *nested})
-    heads = sizes[unit]
-    base = np.zeros((heads, heads))
-    costs = {w: np.zeros((heads, heads, sizes[w], sizes[w])) for w in nested}
-    by_leaf = spec.by_leaf()
-    for r in spec.axes[unit]:
-        refs = dict(by_leaf[r.path])
-        w = next((n for n in nested if n in refs), None)
-        xa = np.asarray(get_leaf(tree_a, r.path), np.float32)
-        xb = np.asarray(b[r.path], np.float32)
-        ndim = xa.ndim
-        if w is None:
-            base += (
-                _head_major(xa, r.axis % ndim, None, None)
-                @ _head_major(xb, r.axis % ndim, None, None).T
-            )
-        else:
-            ref = refs[w]
-            if ref.inner != 1:
-                raise UserError(f"nested permutation {w!r} on a blocked axis is not supported")
-            ha = _head_major(xa, r.axis % ndim, ref.axis % ndim, sizes[w])
-            hb = _head_major(xb, r.axis % ndim, ref.axis % ndim, sizes[w])
-            costs[w] += _pair_costs(ha, hb)
-    total = base.copy()
+    `base`: (H, H) costs of the leaves the unit acts on without a nested permutation
+    (or None); `pair_costs[w][i, g]`: the (n, n) cost of A's head i against B's head g
+    for nested permutation w. Returns (update, new value, current value)."""
+    total = np.zeros((heads, heads)) if base is None else base.astype(np.float64)
     sigma = {}
-    for w, c in costs.items():
-        sigma[w] = np.empty((heads, heads, sizes[w]), np.intp)
-        rows = np.arange(sizes[w])
+    for w, c in pair_costs.items():
+        n = c.shape[-1]
+        sigma[w] = np.empty((heads, heads, n), np.intp)
+        rows = np.arange(n)
         for i in range(heads):
             for g in range(heads):
                 cols = solve(c[i, g])
                 sigma[w][i, g] = cols
-                total[i, g] += c[i, g][rows, cols].sum()
+                total[i, g] += c[i, g][rows, cols].sum(dtype=np.float64)
     pi = solve(total)
-    new = {unit: pi, **{w: sigma[w][np.arange(heads), pi] for w in nested}}
-    # The current value, from the same cost matrices.
-    cur = np.asarray(perms[unit])
-    old = base[np.arange(heads), cur].sum()
-    for w, c in costs.items():
+    new = {unit: pi, **{w: sigma[w][np.arange(heads), pi] for w in pair_costs}}
+    return new, _value(base, pair_costs, new, unit), _value(base, pair_costs, perms, unit)
+
+
+def _value(base, pair_costs, perms, unit) -> float:
+    """The family's part of J under `perms`, from its cost matrices."""
+    u = np.asarray(perms[unit])
+    heads = np.arange(len(u))
+    value = 0.0 if base is None else base[heads, u].sum(dtype=np.float64)
+    for w, c in pair_costs.items():
         p = np.asarray(perms[w])
-        old += sum(c[i, cur[i]][np.arange(sizes[w]), p[i]].sum() for i in range(heads))
-    value = base[np.arange(heads), pi].sum() + sum(
-        c[i, pi[i]][np.arange(sizes[w]), new[w][i]].sum()
-        for w, c in costs.items()
-        for i in range(heads)
-    )
-    return new, value, old
-
-
-def coordinate_descent(spec, sizes, tree_a, tree_b, perms, rng, max_iter: int, solve: Solve):
-    """Block coordinate descent; returns (perms, objectives per sweep, sweeps)."""
-    fams = validate(spec)
-    # Host copies: permuting NumPy leaves costs no op dispatch (STE passes JAX trees).
-    tree_a, tree_b = (
-        jax.tree.map(lambda x: np.asarray(x, np.float32), t) for t in (tree_a, tree_b)
-    )
-    nested = {w for ws in fams.values() for w in ws}
-    blocks = [("plain", n) for n in spec.axes if n not in fams and n not in nested]
-    blocks += [("family", h) for h in fams]
-    perms = {n: np.array(p) for n, p in perms.items()}
-    objectives, sweeps = [], 0
-    scale = max(1.0, abs(objective(spec, perms, tree_a, tree_b)))
-    for _ in range(max_iter):
-        sweeps += 1
-        progress = False
-        for k in rng.permutation(len(blocks)):
-            kind, name = blocks[k]
-            if kind == "plain":
-                cols, new, old = solve_plain(spec, sizes, perms, tree_a, tree_b, name, solve)
-                update = {name: cols}
-            else:
-                update, new, old = solve_family(
-                    spec, sizes, perms, tree_a, tree_b, name, fams[name], solve
-                )
-            if new > old + 1e-7 * scale:
-                perms.update(update)
-                progress = True
-        objectives.append(objective(spec, perms, tree_a, tree_b))
-        if not progress:
-            break
-    return perms, objectives, sweeps
+        value += sum(c[i, u[i]][np.arange(p.shape[1]), p[i]].sum(dtype=np.float64) for i in heads)
+    return float(value)
 
 
 def lift(plain: PermutationSpec, spec: PermutationSpec, perms) -> dict[str, np.ndarray]:

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmc.align.axes import permute_axis
 from lmc.errors import UserError
 
 Path = tuple[str, ...]
@@ -334,26 +335,6 @@ def check_sizes(spec: PermutationSpec, tree: Any) -> dict[str, int]:
     return sizes
 
 
-def _permute_axis(x, perm, axis: int, inner: int, stack: int | None = None):
-    # NumPy leaves stay on the host (no per-shape compilation); JAX leaves use jnp.
-    xp = np if isinstance(x, np.ndarray) else jnp
-    shape = x.shape
-    axis = axis % x.ndim
-    n = perm.shape[-1]
-    blocked = (*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :])
-    if stack is None:
-        if inner == 1 and shape[axis] == n:
-            return xp.take(x, perm, axis=axis)
-        return xp.take(x.reshape(blocked), perm, axis=axis + 1).reshape(shape)
-    # One permutation per index of the stacking axis: move it first and the permuted
-    # factor second, gather row l of the factor with perm[l], and move them back.
-    stack = stack % x.ndim
-    where = (stack if stack < axis else stack + 2, axis + 1)
-    y = xp.moveaxis(x.reshape(blocked), where, (0, 1))
-    y = y[xp.arange(perm.shape[0])[:, None], xp.asarray(perm)]
-    return xp.moveaxis(y, (0, 1), where).reshape(shape)
-
-
 def nested_units(spec: PermutationSpec) -> dict[str, str]:
     """Nested permutation -> its unit permutation: the stacked permutations whose
     stacking axis another permutation of the spec permutes (on every leaf)."""
@@ -389,7 +370,7 @@ def permute_leaf(x, leaf_refs: Iterable[tuple[str, AxisRef]], perms: Mapping[str
     lands at position l (see the module docstring)."""
     for name, r in sorted(leaf_refs, key=lambda nr: nr[1].stack is not None):
         if (name, r) != skip:
-            x = _permute_axis(x, perms[name], r.axis, r.inner, r.stack)
+            x = permute_axis(x, perms[name], r.axis, r.inner, r.stack)
     return x
 
 

@@ -38,6 +38,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +51,9 @@ except ImportError:  # optional speed-up; scipy gives the same optimum
     _lap = None
 
 from lmc.align import nested
+from lmc.align.axes import row_map, unit_rows
 from lmc.align.checks import check_finite, check_same_structure, flat
-from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, resolve
+from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, permute_leaf, resolve
 from lmc.align.stacked import restack, unstack_perms, unstack_spec, unstack_tree
 from lmc.errors import UserError
 
@@ -72,54 +74,6 @@ PAD_ROWS = 1024
 # NumPy products this small run single-threaded: BLAS thread hand-offs cost more than
 # the product (measured 200x slower with 2 threads on a busy 2-core machine).
 SMALL_MACS = 2**24
-
-
-def unit_rows(x: np.ndarray, axis: int, inner: int, n: int) -> np.ndarray:
-    """x with the permuted factor of `axis` last, flattened to (-1, n).
-
-    Rows run over the other indices in C order (the grid `row_map` permutes). For a
-    permutation on the last axis (a kernel's output units) this is a view, no copy.
-    """
-    shape = x.shape
-    axis %= len(shape)
-    x = np.asarray(x).reshape(
-        (*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :])
-    )
-    return np.moveaxis(x, axis + 1, -1).reshape((-1, n))
-
-
-def _permute_np(x: np.ndarray, perm: np.ndarray, axis: int, inner: int) -> np.ndarray:
-    shape = x.shape
-    n = len(perm)
-    x = x.reshape((*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :]))
-    return np.take(x, perm, axis=axis + 1).reshape(shape)
-
-
-def row_map(shape, axis: int, inner: int, n: int, others, perms) -> np.ndarray:
-    """Which row of the unpermuted B_e^T ends up at each row of the permuted one.
-
-    Those rows index the leaf with p's factor removed: shape[:axis], outer, inner,
-    shape[axis+1:]. Other permutations permute that index grid; a permutation on a
-    different factor of p's own axis lands in the outer or the inner part.
-    """
-    shape = tuple(shape)
-    axis %= len(shape)
-    outer = shape[axis] // (n * inner)
-    grid = (*shape[:axis], outer, inner, *shape[axis + 1 :])
-    index = np.arange(int(np.prod(grid))).reshape(grid)
-    for q, ax, inn in others:
-        perm = perms[q]
-        m = len(perm)
-        ax %= len(shape)
-        if ax != axis:
-            index = _permute_np(index, perm, ax if ax < axis else ax + 1, inn)
-        elif inn >= n * inner:  # a slower factor of the same axis: inside `outer`
-            index = _permute_np(index, perm, axis, inn // (n * inner))
-        elif inn * m <= inner:  # a faster factor: inside `inner`
-            index = _permute_np(index, perm, axis + 1, inn)
-        else:
-            raise UserError(f"overlapping blocked permutations on axis {axis} of one leaf")
-    return index.reshape(-1)
 
 
 @jax.jit
@@ -175,174 +129,279 @@ def _use_jax() -> bool:
     return BACKEND == "jax"
 
 
+class Entry(NamedTuple):
+    """One leaf as a (rows, units) matrix of one block.
+
+    `factors`: the unit factors (a plain permutation's axis; a head and the nested
+    permutation within it, head major); `others`: the leaf's other permutations as
+    (name, axis, inner, stack), which reorder its rows; `role`: the nested permutation
+    whose cost it feeds (None: the block's unit permutation alone)."""
+
+    leaf: int
+    factors: tuple
+    others: tuple
+    role: str | None
+
+
 class Group:
-    """The leaves of one permutation p whose B rows the same other permutations reorder.
+    """Entries of one block and role whose rows the same other permutations reorder.
 
-    C_p is the sum of one product per group, so when a neighbour of p changes only
-    the groups it touches are recomputed (a ResNet's residual permutation touches
-    ~15 leaves, and one block's permutation reorders 2 of them).
-    """
+    A block's cost is a sum of one product per group, so when a neighbour changes,
+    only the groups it touches are recomputed (a ResNet's residual permutation
+    touches ~15 leaves, and one block's permutation reorders 2 of them)."""
 
-    def __init__(self, problem: Problem, p: int, entries: list[tuple]):
-        self.entries = entries  # (leaf, axis, inner, others)
-        self.depends = frozenset(q for e in entries for q, _, _ in e[3])
-        self.a_t = problem.stack(p, entries, problem.leaves_a)
-        self.b_t = problem.stack(p, entries, problem.leaves_b)
-        self.device = _to_device(self.a_t, self.b_t) if _use_jax() else None
+    def __init__(self, problem: Problem, role, entries: list[Entry]):
+        self.role, self.entries = role, entries
+        self.depends = frozenset(o[0] for e in entries for o in e.others)
+        self.units = int(np.prod([n for _, n, _ in entries[0].factors]))
+        rows = [problem.leaves_a[e.leaf].size // self.units for e in entries]
+        self.offsets = np.cumsum([0, *rows])
+        self.device = _to_device(problem, self) if _use_jax() else None
 
 
-def _to_device(a: np.ndarray, b: np.ndarray):
-    """Padded device copies of A, B for large products, else None (NumPy)."""
-    m, n = a.shape
+def _to_device(problem: Problem, group: Group):
+    """Padded device copies of the group's stacked A, B rows for large products, else
+    None (NumPy, straight from the leaves)."""
+    m, n = int(group.offsets[-1]), group.units
     if n * n * m < JIT_MIN_MACS:
         return None
     padded = -(-m // PAD_ROWS) * PAD_ROWS  # zero rows, never selected by a real row
-    widen = lambda x: jnp.asarray(np.pad(x, ((0, padded - m), (0, 0))))  # noqa: E731
-    return widen(a), widen(b), padded
+
+    def stack(rows_of):
+        x = np.concatenate([rows_of(e) for e in group.entries], axis=0)
+        return jnp.asarray(np.pad(x, ((0, padded - m), (0, 0))))
+
+    return stack(problem.rows_a), stack(problem.rows_b), padded
+
+
+class Block:
+    """What one step of the descent solves: a plain permutation, or a family (a unit
+    permutation and the permutations nested in its units, solved jointly)."""
+
+    def __init__(self, unit: str, nested_perms: tuple[str, ...]):
+        self.unit, self.nested = unit, nested_perms
+        self.groups: list[Group] = []
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (self.unit, *self.nested)
 
 
 class Problem:
-    """One weight-matching run: per permutation, its groups of A/B rows and row maps."""
+    """One weight-matching run: the blocks, their groups of leaf rows, and the leaves.
+
+    Holds A's and B's leaves as host float32 arrays (no copy when they already are)
+    and reads every cost product from them: no stacked copies on the NumPy path."""
 
     def __init__(self, spec: PermutationSpec, sizes: Mapping[str, int], tree_a, tree_b):
+        fams = nested.validate(spec) if spec.stacks else {}
+        inside = {w for ws in fams.values() for w in ws}
         self.names = list(spec.axes)
-        self.sizes = [sizes[n] for n in self.names]
-        index = {n: i for i, n in enumerate(self.names)}
+        self.sizes = dict(sizes)
+        self.shapes = {n: spec.shape(n) if n in spec.stacks else (sizes[n],) for n in self.names}
         by_leaf = spec.by_leaf()
         self.paths = list(by_leaf)
-        self.leaf_refs = {
-            p: [(index[n], r.axis, r.inner) for n, r in by_leaf[p]] for p in self.paths
-        }
+        self.leaf_refs = by_leaf
         self.leaves_a = [np.asarray(get_leaf(tree_a, p), np.float32) for p in self.paths]
         self.leaves_b = [np.asarray(get_leaf(tree_b, p), np.float32) for p in self.paths]
-        self.shapes = [x.shape for x in self.leaves_b]
         self.tree_a, self.tree_b = tree_a, tree_b
-        entries: list[list[tuple]] = [[] for _ in self.names]  # (leaf, axis, inner, others)
+        self.blocks = [Block(n, ()) for n in self.names if n not in fams and n not in inside]
+        self.blocks += [Block(h, tuple(ws)) for h, ws in fams.items()]
+        self.nested = bool(fams)
+        self.linear = True  # J moves by exactly new - old per step (see `_entries`)
+        for block in self.blocks:
+            by_key: dict[tuple, list[Entry]] = {}
+            for e in self._entries(block):
+                key = (e.role, frozenset(o[0] for o in e.others))
+                by_key.setdefault(key, []).append(e)
+            block.groups = [Group(self, role, es) for (role, _), es in by_key.items()]
+        largest = max(
+            (g.offsets[-1] * g.units * g.units for b in self.blocks for g in b.groups), default=0
+        )
+        self.small = largest < SMALL_MACS
+
+    def _entries(self, block: Block):
         for li, path in enumerate(self.paths):
             refs = self.leaf_refs[path]
-            for k, (p, axis, inner) in enumerate(refs):
-                others = tuple(r for j, r in enumerate(refs) if j != k)
-                entries[p].append((li, axis, inner, others))
-        # J is linear in p (a step changes it by exactly new - old) unless p acts on
-        # two axes of one leaf.
-        self.linear = all(p not in {o[0] for e in es for o in e[3]} for p, es in enumerate(entries))
-        self.groups = []
-        for p, es in enumerate(entries):
-            by_depends: dict[frozenset, list] = {}
-            for e in es:
-                by_depends.setdefault(frozenset(q for q, _, _ in e[3]), []).append(e)
-            self.groups.append([Group(self, p, g) for g in by_depends.values()])
-        largest = max((g.a_t.size * g.a_t.shape[1] for gs in self.groups for g in gs), default=0)
-        self.small = largest < SMALL_MACS
-        # Host copies of the leaves are only needed while stacking.
-        del self.leaves_a, self.leaves_b
+            mine = [(n, r) for n, r in refs if n == block.unit]
+            for name, r in mine:
+                ndim = self.leaves_a[li].ndim
+                factors = [(r.axis % ndim, self.sizes[name], r.inner)]
+                w = next(((n, q) for n, q in refs if n in block.nested), None)
+                if w is not None:
+                    factors.append((w[1].axis % ndim, self.sizes[w[0]], w[1].inner))
+                skip = {(name, r), w}
+                others = tuple(
+                    (n, q.axis % ndim, q.inner, None if q.stack is None else q.stack % ndim)
+                    for n, q in refs
+                    if (n, q) not in skip
+                )
+                # A member acting on another axis of this leaf too: J is not linear
+                # in it, so the descent recomputes J instead of adding the gains.
+                if any(o[0] in block.members for o in others):
+                    self.linear = False
+                yield Entry(li, tuple(factors), others, None if w is None else w[0])
 
-    def stack(self, p: int, entries, leaves) -> np.ndarray:
-        """The entries' unit matrices of p stacked as (M, n): B's other permutations
-        then reorder rows, and gathering rows is contiguous (columns: 2-3x slower)."""
-        n = self.sizes[p]
-        mats = [unit_rows(leaves[li], axis, inner, n) for li, axis, inner, _ in entries]
-        return np.ascontiguousarray(mats[0] if len(mats) == 1 else np.concatenate(mats, axis=0))
+    def rows_a(self, e: Entry) -> np.ndarray:
+        return unit_rows(self.leaves_a[e.leaf], e.factors)
 
-    def rows(self, p: int, group: Group, perms) -> np.ndarray:
-        """The row map of the group's B rows under the current permutations."""
-        maps, offset = [], 0
-        for li, axis, inner, others in group.entries:
-            cm = row_map(self.shapes[li], axis, inner, self.sizes[p], others, perms)
-            maps.append(cm + offset)
-            offset += cm.size
-        return np.concatenate(maps).astype(np.intp)
+    def rows_b(self, e: Entry) -> np.ndarray:
+        return unit_rows(self.leaves_b[e.leaf], e.factors)
 
-    def full_cost(self, group: Group, rows: np.ndarray) -> np.ndarray:
+    def rows(self, group: Group, perms) -> list[np.ndarray]:
+        """Each entry's row map under the current permutations."""
+        return [
+            row_map(self.leaves_b[e.leaf].shape, e.factors, e.others, perms) for e in group.entries
+        ]
+
+    def full_cost(self, group: Group, rows: list[np.ndarray]) -> np.ndarray:
         if group.device is None:
-            return group.a_t.T @ group.b_t[rows]
+            total = None
+            for e, r in zip(group.entries, rows, strict=True):
+                b = self.rows_b(e)
+                part = self.rows_a(e).T @ (b[r] if e.others else b)
+                total = part if total is None else total + part
+            return total
         a, b, padded = group.device
-        rows = np.concatenate([rows, np.arange(rows.size, padded)]).astype(np.int32)
-        return np.asarray(_cost_jit(a, b, rows))
+        r = np.concatenate([x + o for x, o in zip(rows, group.offsets, strict=False)])
+        r = np.concatenate([r, np.arange(r.size, padded)]).astype(np.int32)
+        return np.asarray(_cost_jit(a, b, r))
+
+    def low_rank(self, group: Group, part, old: list, new: list) -> np.ndarray:
+        """part + A[changed]^T (B[new] - B[old]) over the changed rows of each entry."""
+        part = part.copy()
+        for e, o, r in zip(group.entries, old, new, strict=True):
+            changed = np.flatnonzero(o != r)
+            if changed.size:
+                b = self.rows_b(e)
+                part += self.rows_a(e)[changed].T @ (b[r[changed]] - b[o[changed]])
+        return part
+
+    def costs(self, block: Block, perms) -> dict:
+        """The block's costs under `perms` from scratch: role -> matrix."""
+        out: dict = {}
+        for g in block.groups:
+            c = self.full_cost(g, self.rows(g, perms))
+            out[g.role] = c if g.role not in out else out[g.role] + c
+        return out
 
     def cost(self, p: int, perms) -> np.ndarray:
-        """C_p under `perms`, computed from scratch."""
-        return sum(self.full_cost(g, self.rows(p, g, perms)) for g in self.groups[p])
+        """C_p of plain permutation number p under `perms` (a list in `names` order)."""
+        perms = dict(zip(self.names, perms, strict=True))
+        block = next(b for b in self.blocks if b.unit == self.names[p])
+        return self.costs(block, perms)[None]
 
-    def objective(self, perms) -> float:
+    def objective(self, perms, dtype=np.float32) -> float:
         """J(P) = sum over all leaves of <W_a, P(W_b)>."""
         total = 0.0
         for (path, a), (_, b) in zip(flat(self.tree_a), flat(self.tree_b), strict=True):
-            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-            for p, axis, inner in self.leaf_refs.get(path, []):
-                b = _permute_np(b, perms[p], axis % b.ndim, inner)
+            a, b = np.asarray(a, dtype), np.asarray(b, dtype)
+            b = permute_leaf(b, self.leaf_refs.get(path, []), perms)
             total += float(np.dot(a.ravel(), b.ravel()))
         return total
 
 
+# A group's partial product is kept between visits (for skipping and low-rank
+# updates) when its block has other groups to add to it, or when it is this small;
+# a large lone product is recomputed instead (GPT-2's 3072-unit MLP costs would
+# otherwise hold 36 MB each, more than a quarter of the model).
+CACHE_MAX_ENTRIES = 2**20
+
+
 class CostCache:
-    """Per permutation and group: the partial product (host, float32) and its row map."""
+    """Per block and group: the row maps of the last solve and the partial products."""
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        self.rows = [[None] * len(gs) for gs in problem.groups]
-        self.parts = [[None] * len(gs) for gs in problem.groups]
-        self.updates = [[0] * len(gs) for gs in problem.groups]  # low-rank ones in a row
+        self.rows = [[None] * len(b.groups) for b in problem.blocks]
+        self.parts = [[None] * len(b.groups) for b in problem.blocks]
+        self.updates = [[0] * len(b.groups) for b in problem.blocks]  # low-rank in a row
 
-    def get(self, p: int, perms) -> np.ndarray | None:
-        """C_p, or None if it is the one the current perms[p] was solved for."""
-        pr = self.problem
-        fresh = False
-        for g, group in enumerate(pr.groups[p]):
-            old = self.rows[p][g]
+    def get(self, k: int, perms) -> dict | None:
+        """The costs of block k (role -> matrix), or None if they are the ones its
+        current permutations were solved for."""
+        pr, block = self.problem, self.problem.blocks[k]
+        fresh = [False] * len(block.groups)
+        for g, group in enumerate(block.groups):
+            old = self.rows[k][g]
             if old is not None and not group.depends:
                 continue  # no other permutation reorders these rows: computed once
-            rows = pr.rows(p, group, perms)
-            if old is not None and np.array_equal(old, rows):
+            rows = pr.rows(group, perms)
+            if old is not None and all(map(np.array_equal, old, rows)):
                 continue
-            fresh = True
-            changed = None if old is None else np.flatnonzero(old != rows)
-            if (
-                changed is not None
-                and len(changed) <= LOW_RANK_FRACTION * rows.size
-                and self.updates[p][g] < MAX_LOW_RANK_UPDATES
-            ):
-                # A_g^T (B_g[rows]) changes only in the changed rows' outer products.
-                b = group.b_t
-                part = self.parts[p][g] + group.a_t[changed].T @ (
-                    b[rows[changed]] - b[old[changed]]
-                )
-                self.updates[p][g] += 1
-            else:
-                part = pr.full_cost(group, rows)
-                self.updates[p][g] = 0
-            self.rows[p][g], self.parts[p][g] = rows, part
-        if not fresh:
-            return None  # same cost as at its last solve: same assignment
-        total = self.parts[p][0].copy()
-        for part in self.parts[p][1:]:
-            total += part
-        return total
+            fresh[g] = True
+            self.rows[k][g], self.parts[k][g] = rows, self._part(k, g, old, rows)
+        if not any(fresh):
+            return None  # same costs as at the last solve: same assignment
+        out: dict = {}
+        for g, group in enumerate(block.groups):
+            part = self.parts[k][g]
+            if part is None:  # not kept: recompute
+                part = pr.full_cost(group, self.rows[k][g])
+            out[group.role] = part.copy() if group.role not in out else out[group.role] + part
+            if not self._keep(block, group):
+                self.parts[k][g] = None
+        return out
+
+    def _keep(self, block: Block, group: Group) -> bool:
+        return len(block.groups) > 1 or group.units**2 <= CACHE_MAX_ENTRIES
+
+    def _part(self, k: int, g: int, old, rows) -> np.ndarray:
+        pr, group = self.problem, self.problem.blocks[k].groups[g]
+        part = self.parts[k][g]
+        if old is not None and part is not None and self.updates[k][g] < MAX_LOW_RANK_UPDATES:
+            changed = sum(int(np.count_nonzero(o != r)) for o, r in zip(old, rows, strict=True))
+            if changed <= LOW_RANK_FRACTION * group.offsets[-1]:
+                self.updates[k][g] += 1
+                return pr.low_rank(group, part, old, rows)
+        self.updates[k][g] = 0
+        return pr.full_cost(group, rows)
 
 
-def coordinate_descent(problem: Problem, perms: list[np.ndarray], key, max_iter: int):
-    """Algorithm 1 of Git Re-Basin with cached costs; returns (perms, objectives, sweeps)."""
+def solve_block(problem: Problem, block: Block, costs: dict, perms) -> tuple[dict, float, float]:
+    """The best permutations of one block given the others: (update, new, old)."""
+    if not block.nested:
+        cost = costs[None]
+        cols = solve_assignment(cost)
+        rows = np.arange(len(cols))
+        old = cost[rows, perms[block.unit]].sum(dtype=np.float64)
+        return {block.unit: cols}, cost[rows, cols].sum(dtype=np.float64), old
+    heads = problem.sizes[block.unit]
+    pair = {
+        w: costs[w].reshape(heads, problem.sizes[w], heads, problem.sizes[w]).transpose(0, 2, 1, 3)
+        for w in block.nested
+    }
+    return nested.solve_family(block.unit, costs.get(None), pair, perms, heads, solve_assignment)
+
+
+def _tolerance(costs: dict) -> float:
+    """float32 costs: "improvements" at the level of rounding noise are ignored."""
+    return 1e-6 * max(float(np.abs(c).max()) for c in costs.values())
+
+
+def coordinate_descent(problem: Problem, perms: dict, key, max_iter: int):
+    """Algorithm 1 of Git Re-Basin over blocks, with cached costs; returns (perms,
+    objectives per sweep, sweeps)."""
     cache = CostCache(problem)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    objective = problem.objective(perms)
+    exact = problem.nested  # J recomputed in float64 per sweep
+    objective = problem.objective(perms, np.float64 if exact else np.float32)
     objectives, sweeps = [], 0
     for _ in range(max_iter):
         sweeps += 1
         progress = False
-        for p in rng.permutation(len(perms)):
-            cost = cache.get(p, perms)
-            if cost is None:
+        for k in rng.permutation(len(problem.blocks)):
+            costs = cache.get(k, perms)
+            if costs is None:
                 continue
-            cols = solve_assignment(cost)
-            rows = np.arange(len(cols))
-            old = cost[rows, perms[p]].sum(dtype=np.float64)
-            new = cost[rows, cols].sum(dtype=np.float64)
-            # float32 costs: ignore "improvements" at the level of rounding noise.
-            if new > old + 1e-6 * float(np.abs(cost).max()):
-                perms[p] = cols
+            update, new, old = solve_block(problem, problem.blocks[k], costs, perms)
+            if new > old + _tolerance(costs):
+                perms.update(update)
                 progress = True
                 objective += new - old
-        objectives.append(objective if problem.linear else problem.objective(perms))
+        if exact or not problem.linear:
+            objective = problem.objective(perms, np.float64 if exact else np.float32)
+        objectives.append(objective)
         if not progress:
             break
     return perms, objectives, sweeps
@@ -395,51 +454,20 @@ def weight_matching(
         )
         return {}, {"objective": [], "sweeps": 0, "wall_s": time.perf_counter() - t0}
     keys = [key] + [jax.random.fold_in(key, i) for i in range(1, int(restarts))]
-    if nested.families(wspec):
-        return _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, t0)
     stacked = wspec
-    if wspec.stacks:  # one permutation per layer: match the layers' slices
+    if wspec.stacks and not nested.families(wspec):  # per layer: match the layers' slices
         wspec = unstack_spec(stacked, tree_a)
         tree_a, tree_b = unstack_tree(stacked, tree_a), unstack_tree(stacked, tree_b)
         sizes, init = check_sizes(wspec, tree_a), unstack_perms(stacked, init)
     problem = Problem(wspec, sizes, tree_a, tree_b)
     runs = []
     for k in keys:
-        perms = [initial(init, n, s) for n, s in zip(problem.names, problem.sizes, strict=True)]
+        perms = {n: initial(init, n, problem.shapes[n]) for n in problem.names}
         with _single_threaded_blas() if problem.small else contextlib.nullcontext():
             runs.append(coordinate_descent(problem, perms, k, max_iter))
     perms, _, _ = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
-    out = {n: jnp.asarray(p) for n, p in zip(problem.names, perms, strict=True)}
-    out = {n: jnp.asarray(p) for n, p in restack(stacked, out).items()}
-    return _result(spec, params_a, out, runs, t0)
-
-
-def _nested(spec, wspec, sizes, params_a, tree_a, tree_b, keys, max_iter, init, t0):
-    """weight_matching for a spec with nested units (see `lmc.align.nested`)."""
-    runs = []
-    for k in keys:
-        perms = {}
-        for name in wspec.axes:
-            shape = wspec.shape(name)
-            if init is not None and name in init:
-                p = np.asarray(init[name]).astype(np.int64)
-                rows = p.reshape(-1, shape[-1])
-                if p.shape != shape or not all(
-                    np.array_equal(np.sort(r), np.arange(shape[-1])) for r in rows
-                ):
-                    raise UserError(
-                        f"init[{name!r}] must be permutations of shape {shape}, got {p.shape}"
-                    )
-                perms[name] = p
-            else:
-                perms[name] = np.broadcast_to(np.arange(shape[-1]), shape).copy()
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(k)).ravel())
-        runs.append(
-            nested.coordinate_descent(
-                wspec, sizes, tree_a, tree_b, perms, rng, max_iter, solve_assignment
-            )
-        )
-    perms, _, _ = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
+    if wspec is not stacked:
+        perms = restack(stacked, perms)
     out = {n: jnp.asarray(p) for n, p in perms.items()}
     return _result(spec, params_a, out, runs, t0)
 
@@ -459,11 +487,17 @@ def _result(spec, params_a, out: dict, runs: list, t0: float) -> tuple[dict, dic
     return out, info
 
 
-def initial(init, name: str, size: int) -> np.ndarray:
-    """init[name] checked to be a permutation, or the identity."""
+def initial(init, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """init[name] checked to be a permutation (one per row when nested), or the identity."""
     if init is None or name not in init:
-        return np.arange(size)
+        return np.broadcast_to(np.arange(shape[-1]), shape).copy()
     p = np.asarray(init[name]).astype(np.int64)
-    if p.shape != (size,) or not np.array_equal(np.sort(p), np.arange(size)):
-        raise UserError(f"init[{name!r}] is not a permutation of {size} elements")
+    rows = p.reshape(-1, shape[-1]) if p.shape == tuple(shape) else None
+    if rows is None or not all(np.array_equal(np.sort(r), np.arange(shape[-1])) for r in rows):
+        what = (
+            f"permutations of shape {shape}"
+            if len(shape) > 1
+            else f"a permutation of {shape[0]} elements"
+        )
+        raise UserError(f"init[{name!r}] must be {what}, got shape {p.shape}")
     return p
