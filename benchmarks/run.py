@@ -33,6 +33,7 @@ BENCHMARKS = {
     "population": "benchmarks.bench_population",
     "input_pipeline": "benchmarks.bench_input_pipeline",
     "conv_grad": "benchmarks.bench_conv_grad",
+    "align_scale": "benchmarks.bench_align_scale",
 }
 
 

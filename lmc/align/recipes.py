@@ -30,7 +30,7 @@ import jax
 
 from lmc.align import nested, orthogonal
 from lmc.align.spec import apply_permutation, nested_units
-from lmc.align.trace import spec_from_model
+from lmc.align.trace import specs_from_model
 from lmc.align.weight_matching import weight_matching
 from lmc.errors import UserError
 
@@ -59,8 +59,7 @@ def weight_matching_heads(
     `objective_plain` and `objective_heads` (J before and after the refinement)."""
     model = _model(model)
     key = jax.random.key(0) if key is None else key
-    plain = spec_from_model(model, example_input)
-    spec = spec_from_model(model, example_input, nested=True)
+    plain, spec = specs_from_model(model, example_input)
     if not nested_units(spec):
         raise UserError(
             "weight_matching_heads, weight_matching_orthogonal and learned_matching need "
@@ -76,6 +75,7 @@ def weight_matching_heads(
     )
     return apply_permutation(spec, perms, tree_b), {
         "spec": spec,
+        "plain_spec": plain,
         "perms": perms,
         "sweeps": int(info["sweeps"]) + int(nested_info["sweeps"]),
         "restart_objectives": info.get("restart_objectives", []),
@@ -108,7 +108,7 @@ def weight_matching_orthogonal(
     )
     spec = info["spec"]
     fn = _eval_fn(model, tree_a)
-    plain = spec_from_model(model, example_input)
+    plain = info["plain_spec"]
     pspec = spec.subtree("params") if spec.is_combined() else spec
     roles = orthogonal.roles(fn, plain.subtree("params"), tree_a["params"], example_input)
     orthogonal.check_rotation(fn, roles, tree_a["params"], example_input)

@@ -173,12 +173,9 @@ def model_fn(model, train: bool) -> Callable:
     return lambda tree, x: model.apply(tree["params"], tree["model_state"], x, train)
 
 
-def analyze_model(model, example_input, nested: bool = False) -> Analysis:
-    """Spec and (eval-mode) probes of an `lmc.models` Model over the combined tree.
-
-    Eval mode (running statistics) and train mode (batch statistics and running-stat
-    updates) are both traced and their constraints combined.
-    """
+def _trace_model(model, example_input):
+    """The axis graph of an `lmc.models` Model over the combined tree, both modes traced:
+    (graph, leaves, eval program)."""
     from lmc.models import as_model
 
     model = as_model(model)
@@ -191,8 +188,27 @@ def analyze_model(model, example_input, nested: bool = False) -> Analysis:
     nodes, eval_program = trace_into(graph, model_fn(model, False), tree, [x], carry=carry)
     trace_into(graph, model_fn(model, True), tree, [x], nodes, carry=carry)
     leaves = [(p, n) for (p, _), n in zip(tree_paths(tree), nodes, strict=True)]
-    closed, probes, values = eval_program
+    return graph, leaves, eval_program
+
+
+def analyze_model(model, example_input, nested: bool = False) -> Analysis:
+    """Spec and (eval-mode) probes of an `lmc.models` Model over the combined tree.
+
+    Eval mode (running statistics) and train mode (batch statistics and running-stat
+    updates) are both traced and their constraints combined.
+    """
+    graph, leaves, (closed, probes, values) = _trace_model(model, example_input)
     return graph.analyze(leaves, probes, values, closed, nested=nested)
+
+
+def specs_from_model(model, example_input) -> tuple[PermutationSpec, PermutationSpec]:
+    """(plain spec, nested spec) of a Model from one trace: what the transformer
+    recipes need, at the cost of one `spec_from_model`."""
+    graph, leaves, (closed, probes, values) = _trace_model(model, example_input)
+    specs = tuple(
+        graph.analyze(leaves, probes, values, closed, nested=n).spec for n in (False, True)
+    )
+    return specs
 
 
 def spec_from_model(model, example_input, nested: bool = False) -> PermutationSpec:

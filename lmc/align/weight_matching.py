@@ -35,6 +35,7 @@ Speed against the eager reference: `python benchmarks/run.py --only weight_match
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import warnings
 from collections.abc import Mapping
@@ -72,8 +73,9 @@ JIT_MIN_MACS = 2**26
 # Pad M to a multiple of this on the JAX path, so permutations share compilations.
 PAD_ROWS = 1024
 # NumPy products this small run single-threaded: BLAS thread hand-offs cost more than
-# the product (measured 200x slower with 2 threads on a busy 2-core machine).
-SMALL_MACS = 2**24
+# the product (measured 200x slower with 2 threads on a busy 2-core machine). Decided
+# per product: one model has both kinds (a transformer's biases and its MLP kernels).
+SMALL_MACS = 2**26
 
 
 @jax.jit
@@ -108,6 +110,33 @@ def solve_assignment(cost) -> np.ndarray:
     return cols
 
 
+# Costs at least this large are remembered with their solutions (`Memo`).
+MEMO_MIN_SIZE = 512
+
+
+class Memo:
+    """`solve_assignment` with its answers kept by the cost's bytes.
+
+    Restarts of the descent meet identical costs (a layer's MLP units before any of
+    their neighbours moved), and an exact solve of a large dense cost is the slowest
+    step there (random-init costs are the hardest for LAPJV). Hashing the bytes costs
+    a memory pass; an identical cost gets the identical answer, so results do not
+    change."""
+
+    def __init__(self):
+        self.answers: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, cost) -> np.ndarray:
+        if len(cost) < MEMO_MIN_SIZE:
+            return solve_assignment(cost)
+        cost = np.ascontiguousarray(cost)
+        key = hashlib.blake2b(cost.view(np.uint8), digest_size=16).digest()
+        key += str((cost.dtype, cost.shape)).encode()
+        if key not in self.answers:
+            self.answers[key] = solve_assignment(cost)
+        return self.answers[key].copy()
+
+
 _CONTROLLER = None
 
 
@@ -121,6 +150,11 @@ def _single_threaded_blas():
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()  # scanning the loaded libraries is slow: once
     return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _blas_threads(macs: int):
+    """Context for one host product of `macs` multiply-adds: one BLAS thread if small."""
+    return _single_threaded_blas() if macs < SMALL_MACS else contextlib.nullcontext()
 
 
 def _use_jax() -> bool:
@@ -208,6 +242,7 @@ class Problem:
         self.blocks = [Block(n, ()) for n in self.names if n not in fams and n not in inside]
         self.blocks += [Block(h, tuple(ws)) for h, ws in fams.items()]
         self.nested = bool(fams)
+        self.solve = Memo()  # shared by the restarts
         self.linear = True  # J moves by exactly new - old per step (see `_entries`)
         for block in self.blocks:
             by_key: dict[tuple, list[Entry]] = {}
@@ -215,10 +250,6 @@ class Problem:
                 key = (e.role, frozenset(o[0] for o in e.others))
                 by_key.setdefault(key, []).append(e)
             block.groups = [Group(self, role, es) for (role, _), es in by_key.items()]
-        largest = max(
-            (g.offsets[-1] * g.units * g.units for b in self.blocks for g in b.groups), default=0
-        )
-        self.small = largest < SMALL_MACS
 
     def _entries(self, block: Block):
         for li, path in enumerate(self.paths):
@@ -258,8 +289,9 @@ class Problem:
         if group.device is None:
             total = None
             for e, r in zip(group.entries, rows, strict=True):
-                b = self.rows_b(e)
-                part = self.rows_a(e).T @ (b[r] if e.others else b)
+                a, b = self.rows_a(e), self.rows_b(e)
+                with _blas_threads(a.size * a.shape[1]):
+                    part = a.T @ (b[r] if e.others else b)
                 total = part if total is None else total + part
             return total
         a, b, padded = group.device
@@ -273,8 +305,9 @@ class Problem:
         for e, o, r in zip(group.entries, old, new, strict=True):
             changed = np.flatnonzero(o != r)
             if changed.size:
-                b = self.rows_b(e)
-                part += self.rows_a(e)[changed].T @ (b[r[changed]] - b[o[changed]])
+                a, b = self.rows_a(e)[changed], self.rows_b(e)
+                with _blas_threads(a.size * a.shape[1]):
+                    part += a.T @ (b[r[changed]] - b[o[changed]])
         return part
 
     def costs(self, block: Block, perms) -> dict:
@@ -362,7 +395,7 @@ def solve_block(problem: Problem, block: Block, costs: dict, perms) -> tuple[dic
     """The best permutations of one block given the others: (update, new, old)."""
     if not block.nested:
         cost = costs[None]
-        cols = solve_assignment(cost)
+        cols = problem.solve(cost)
         rows = np.arange(len(cols))
         old = cost[rows, perms[block.unit]].sum(dtype=np.float64)
         return {block.unit: cols}, cost[rows, cols].sum(dtype=np.float64), old
@@ -371,7 +404,7 @@ def solve_block(problem: Problem, block: Block, costs: dict, perms) -> tuple[dic
         w: costs[w].reshape(heads, problem.sizes[w], heads, problem.sizes[w]).transpose(0, 2, 1, 3)
         for w in block.nested
     }
-    return nested.solve_family(block.unit, costs.get(None), pair, perms, heads, solve_assignment)
+    return nested.solve_family(block.unit, costs.get(None), pair, perms, heads, problem.solve)
 
 
 def _tolerance(costs: dict) -> float:
@@ -384,8 +417,8 @@ def coordinate_descent(problem: Problem, perms: dict, key, max_iter: int):
     objectives per sweep, sweeps)."""
     cache = CostCache(problem)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    exact = problem.nested  # J recomputed in float64 per sweep
-    objective = problem.objective(perms, np.float64 if exact else np.float32)
+    # J is tracked from the gains; a nested spec starts from J in float64.
+    objective = problem.objective(perms, np.float64 if problem.nested else np.float32)
     objectives, sweeps = [], 0
     for _ in range(max_iter):
         sweeps += 1
@@ -399,8 +432,8 @@ def coordinate_descent(problem: Problem, perms: dict, key, max_iter: int):
                 perms.update(update)
                 progress = True
                 objective += new - old
-        if exact or not problem.linear:
-            objective = problem.objective(perms, np.float64 if exact else np.float32)
+        if not problem.linear:
+            objective = problem.objective(perms)
         objectives.append(objective)
         if not progress:
             break
@@ -463,8 +496,7 @@ def weight_matching(
     runs = []
     for k in keys:
         perms = {n: initial(init, n, problem.shapes[n]) for n in problem.names}
-        with _single_threaded_blas() if problem.small else contextlib.nullcontext():
-            runs.append(coordinate_descent(problem, perms, k, max_iter))
+        runs.append(coordinate_descent(problem, perms, k, max_iter))
     perms, _, _ = max(runs, key=lambda run: run[1][-1] if run[1] else -np.inf)
     if wspec is not stacked:
         perms = restack(stacked, perms)
