@@ -273,15 +273,23 @@ class WandbTracker(_Staged):
         self._wandb = wandb
         self._defined: set[str] = set()
         name = self.workdir.rstrip("/").rsplit("/", 1)[-1]
-        self.run = wandb.init(
-            project=settings.wandb_project or "lmc",
-            entity=settings.wandb_entity or None,
-            mode=settings.wandb_mode or None,
-            name=name,
-            dir=os.path.dirname(self.local),  # W&B writes its files to DIR/wandb
-            config=config_dict,
-            settings=wandb.Settings(console="off", silent=True),
-        )
+        try:
+            self.run = wandb.init(
+                project=settings.wandb_project or "lmc",
+                entity=settings.wandb_entity or None,
+                mode=settings.wandb_mode or None,
+                name=name,
+                dir=os.path.dirname(self.local),  # W&B writes its files to DIR/wandb
+                config=config_dict,
+                settings=wandb.Settings(console="off", silent=True),
+            )
+        except Exception as e:  # no credentials, no network, a bad entity or project
+            raise UserError(
+                f"config.log.trackers: W&B could not start a run ({type(e).__name__}: {e}). "
+                "Log in (`wandb login`, or set WANDB_API_KEY), check "
+                "config.log.wandb_entity and config.log.wandb_project, or set "
+                "config.log.wandb_mode=offline (sync later with `wandb sync`)."
+            ) from e
 
     def log_metrics(self, metrics_path, record) -> None:
         io.check_writable(self.target)

@@ -173,3 +173,17 @@ def test_the_default_install_needs_neither_package():
                 continue
             assert not {n.split(".")[0] for n in names} & optional, (path, names)
     assert tracking.validate(base_config()) == []
+
+
+def test_wandb_that_cannot_start_is_a_user_error_saying_what_to_do(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+
+    def no_key(**_):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    with pytest.raises(UserError) as e:
+        tracking.open_trackers(_config("wandb"), tmp_path / "w", {})
+    message = str(e.value)
+    assert "No API key configured" in message and "wandb login" in message
+    assert "config.log.wandb_mode=offline" in message

@@ -15,8 +15,8 @@ Check-and-set is atomic so two runs starting together cannot both win:
   filesystem, and the record must outlive crashes to be reported);
 - GCS: object generations. Creating uses `ifGenerationMatch=0`, a takeover or a
   heartbeat `ifGenerationMatch=<the generation read>`, so of two writers racing one
-  gets HTTP 412 and loses. (The gcp-storage-emulator ignores preconditions; there the
-  read-back check after each write still catches sequential races.)
+  gets HTTP 412 and loses (tested against tests/gcs_emulator.py, which honours the
+  preconditions that the stock gcp-storage-emulator ignores);
 - other object stores (s3://, ...): write, then read back and check the token; a
   narrower but nonzero race window.
 
@@ -446,8 +446,8 @@ def _acquire_gcs(lock: Lock) -> None:
 
 
 def _heartbeat_gcs(lock: Lock) -> bool:
-    # The precondition alone decides on GCS; the read first makes a taken-over lock
-    # safe from our rewrite where preconditions are not enforced (the emulator).
+    # The precondition alone decides on GCS; the read first spares a request (and keeps
+    # a taken-over lock safe on a GCS-like store that does not enforce preconditions).
     current, _ = _gcs_read(lock)
     if current is None or current.get("token") != lock.record["token"]:
         return False
