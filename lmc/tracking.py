@@ -199,7 +199,7 @@ class _Staged(Tracker):
 
 
 def _scalars(record: dict) -> dict[str, float]:
-    """The numeric, finite entries of a metrics record, without its step."""
+    """The numeric entries of a metrics record, without its step."""
     return {
         k: float(v)
         for k, v in record.items()
