@@ -343,6 +343,36 @@ MUTATIONS = [
             "test_outcome_cnn_on_digits_is_unstable_at_init_and_stable_from_midway",
         ),
     ),
+    Mutation(
+        "lock loss ignored: a run whose workdir lock was taken over keeps writing",
+        "lmc/io/lock.py",
+        "        if self.lost:\n            raise LockLost(_lost_message(self, path))",
+        "        if False:\n            raise LockLost(_lost_message(self, path))",
+        ("tests/test_lock_lost.py",),
+    ),
+    Mutation(
+        "lock lease: a write after a suspension does not renew (and so check) the lock",
+        "lmc/io/lock.py",
+        "            try:\n                heartbeat(self)",
+        "            try:\n                pass",
+        (
+            "tests/test_lock_lost.py::"
+            "test_a_write_renews_a_stale_lease_itself_and_a_checkpoint_save_is_refused",
+            "tests/test_lock_lost.py::"
+            "test_a_suspended_run_whose_lock_is_taken_over_exits_4_without_writing",
+        ),
+    ),
+    Mutation(
+        "GCS lock: writes without the generation precondition (racing runs both win)",
+        "lmc/io/lock.py",
+        "        ifGenerationMatch=if_generation,\n",
+        "",
+        (
+            "tests/test_io_lock.py::test_racing_gcs_acquirers_one_wins_by_generation_precondition",
+            "tests/test_io_lock.py::"
+            "test_gcs_heartbeat_and_release_after_a_takeover_are_refused_by_generation",
+        ),
+    ),
 ]
 
 

@@ -75,6 +75,8 @@ class Checkpointer:
             wait_for_cleanup()
 
     def save(self, step: int, state, force: bool = False) -> bool:
+        if jax.process_index() == 0:
+            io.check_writable(self.directory)  # Orbax writes past lmc.io: a lost lock stops here
         try:
             saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
             self.manager.wait_until_finished()

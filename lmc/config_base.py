@@ -51,6 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0: only at the end
     c.log_every_steps = 50  # train metrics to metrics.jsonl and the NaN guard
     c.progress = True  # a bar on a terminal; a line every ~30 s in logs
+    # Trackers fed beside metrics.jsonl (lmc.tracking), each an optional extra
+    # (pip install 'lmc[tensorboard]', 'lmc[wandb]'); not part of the config hash.
+    c.log = ml_collections.ConfigDict()
+    c.log.trackers = ()  # tensorboard and/or wandb, e.g. --config.log.trackers=tensorboard,wandb
+    c.log.wandb_project = "lmc"  # wandb: the W&B project
+    c.log.wandb_entity = ""  # "": W&B's default entity
+    c.log.wandb_mode = ""  # "": W&B's default (WANDB_MODE) | online | offline | disabled
 
     # How the two endpoints are made. "independent": different init seeds (the
     # Git Re-Basin setting). "spawn": one parent trained to `step`, children continued

@@ -21,6 +21,7 @@ def choose(kind: str, value: str, valid) -> None:
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_LOCK_LOST = 4  # another run took over the workdir lock; this one stopped writing
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to continue
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after checkpointing
 EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (128 + SIGPIPE, as the shell reports)

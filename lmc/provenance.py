@@ -12,9 +12,9 @@ import jax
 import lmc
 
 # Keys that change how a run looks or where it runs, not what it computes; excluded
-# from the hash so that e.g. turning the progress bar off, or resuming on another
+# from the hash so that e.g. turning the progress bar or a tracker off, or resuming on another
 # device count (same math, other float summation order), keeps the workdir valid.
-COSMETIC_KEYS = ("progress", "log_every_steps", "mesh")
+COSMETIC_KEYS = ("progress", "log_every_steps", "mesh", "log")
 
 
 def config_to_dict(config) -> dict:

@@ -23,8 +23,12 @@ sends. Tensorstore's OCDBT driver (Orbax's array format) reads the manifest's ge
 from that header and then writes the manifest conditionally on it; without it the write
 fails with "Malformed StorageGeneration" whenever the manifest is re-read instead of
 served from tensorstore's cache (reproducible with two contexts; flaky within a save).
-The emulator ignores write preconditions (ifGenerationMatch) altogether; tests cannot
-check races that only those preconditions decide.
+The second fix: the emulator ignored write preconditions. Here uploads (media,
+multipart, resumable), deletes and metadata patches honour `ifGenerationMatch` and
+`ifGenerationNotMatch` as GCS does (`0`: the object must not exist), answering HTTP 412
+otherwise, so races that only those preconditions decide (two runs taking the workdir
+lock at once, `tests/test_io_lock.py`) are tested. The server handles one request at a
+time, so a check and its write cannot interleave with another request.
 """
 
 from __future__ import annotations
@@ -165,13 +169,71 @@ def _serve(port: int) -> None:
         return original(request, response, storage, *args, **kwargs)
 
     objects.download = download  # objects.get(alt=media) calls it by name
+    replaced = {original: download}
+    for name, target in (
+        ("insert", _upload_target),
+        ("upload_partial", _resumable_target),
+        ("delete", _path_target),
+        ("patch", _path_target),
+    ):
+        handler = getattr(objects, name)
+        replaced[handler] = _with_preconditions(handler, target)
+        setattr(objects, name, replaced[handler])  # the server's fallbacks call them by name
     for _, table in server.HANDLERS:
         for method, handler in table.items():
-            if handler is original:
-                table[method] = download
+            if handler in replaced:
+                table[method] = replaced[handler]
     server.create_server("127.0.0.1", port, True, BUCKET).start()
     print(f"GCS emulator on 127.0.0.1:{port}, bucket {BUCKET}", flush=True)
     threading.Event().wait()
+
+
+def _with_preconditions(handler, target):
+    """`handler` that first answers 412 where the request's generation preconditions do
+    not hold for the object `target(request, storage)` names."""
+    from http import HTTPStatus
+
+    def checked(request, response, storage, *args, **kwargs):
+        match = request.query.get("ifGenerationMatch")
+        not_match = request.query.get("ifGenerationNotMatch")
+        if match or not_match:
+            bucket, name = target(request, storage)
+            generation = _generation(storage, bucket, name)
+            if (match and match[0] != generation) or (not_match and not_match[0] == generation):
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "Precondition Failed",
+                                         "errors": [{"reason": "conditionNotMet"}]}})  # fmt: skip
+                return None
+        return handler(request, response, storage, *args, **kwargs)
+
+    return checked
+
+
+def _generation(storage, bucket: str, name: str | None) -> str:
+    """The live object's generation, "0" where there is none (GCS's convention)."""
+    try:
+        return str(storage.get_file_obj(bucket, name)["generation"])
+    except Exception:  # NotFound
+        return "0"
+
+
+def _upload_target(request, storage):
+    name = request.query.get("name", [None])[0]
+    if name is None and request.query.get("uploadType") == ["multipart"]:
+        name = request.data["meta"].get("name")
+    elif name is None and isinstance(request.data, dict):
+        name = request.data.get("name")  # resumable: the metadata in the body
+    return request.params["bucket_name"], name
+
+
+def _resumable_target(request, storage):
+    # The session URL repeats the creating request's query, preconditions included.
+    obj = storage.get_resumable_file_obj(request.query["upload_id"][0])
+    return obj["bucket"], obj["name"]
+
+
+def _path_target(request, storage):
+    return request.params["bucket_name"], request.params["object_id"]
 
 
 if __name__ == "__main__":

@@ -157,3 +157,82 @@ def test_racing_local_acquirers_one_wins(tmp_path):
     winners = [r for r in results if isinstance(r, lock_lib.Lock)]
     assert len(winners) == 1 and len(results) == 8
     lock_lib.release(winners[0])
+
+
+# ---------------------------------------------------------------- GCS preconditions
+# The test emulator honours ifGenerationMatch (tests/gcs_emulator.py), so these races
+# are decided by the preconditions alone, as on GCS.
+
+
+def test_racing_gcs_acquirers_one_wins_by_generation_precondition(gcs_root, monkeypatch):
+    """Every contender reads "no lock" before anyone writes; then they write one after
+    another, each reading back at once. Without preconditions each would read its own
+    record back and win; with them every write after the first gets HTTP 412."""
+    n = 4
+    everyone_read = threading.Barrier(n)
+    turns = [threading.Event() for _ in range(n)]
+    me = threading.local()
+    read, write = lock_lib._gcs_read, lock_lib._gcs_write
+
+    def first_read_together(lock):
+        out = read(lock)
+        if not getattr(me, "read_once", False):
+            me.read_once = True
+            everyone_read.wait(timeout=30)
+        return out
+
+    def write_in_turn(lock, generation):
+        turns[me.index].wait(timeout=30)
+        return write(lock, generation)
+
+    monkeypatch.setattr(lock_lib, "_gcs_read", first_read_together)
+    monkeypatch.setattr(lock_lib, "_gcs_write", write_in_turn)
+    results = [None] * n
+
+    def contend(i):
+        me.index = i
+        try:
+            results[i] = lock_lib.acquire(gcs_root)
+        except UserError as e:
+            results[i] = e
+        finally:
+            if i + 1 < n:
+                turns[i + 1].set()
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    turns[0].set()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [r for r in results if isinstance(r, lock_lib.Lock)]
+    assert len(winners) == 1, results
+    assert all("another `lmc run` is running" in str(r) for r in results if r is not winners[0])
+    stored = json.loads(io.read_text(f"{gcs_root}/{LOCK_FILE}"))
+    assert stored["token"] == winners[0].record["token"]
+    monkeypatch.undo()
+    lock_lib.release(winners[0])
+    assert not io.exists(f"{gcs_root}/{LOCK_FILE}")
+
+
+def test_gcs_heartbeat_and_release_after_a_takeover_are_refused_by_generation(gcs_root):
+    held = lock_lib.acquire(gcs_root, lease_s=60.0)
+    stale_generation = held._generation
+    # Another run takes over with the generation it read (this lock's: the lease expired).
+    taker = lock_lib.Lock(path=held.path, record={**held.record, "token": "theirs"},
+                          lease_s=60.0)  # fmt: skip
+    lock_lib._gcs_write(taker, stale_generation)
+    assert taker._generation != stale_generation
+    # The old holder's conditional rewrite and delete both fail (HTTP 412) ...
+    with pytest.raises(FileExistsError):
+        lock_lib._gcs_write(held, stale_generation)
+    fs, bucket, key = lock_lib._gcs(held.path)
+    with pytest.raises(FileExistsError):
+        fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=stale_generation)
+    # ... a creation over an existing lock too ...
+    with pytest.raises(FileExistsError):
+        lock_lib._gcs_write(held, "0")
+    # ... so its heartbeat reports the loss and its release leaves the new lock alone.
+    assert not lock_lib.heartbeat(held) and held.lost
+    lock_lib.release(held)
+    assert json.loads(io.read_text(f"{gcs_root}/{LOCK_FILE}"))["token"] == "theirs"

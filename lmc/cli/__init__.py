@@ -19,6 +19,7 @@ from lmc.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
+    EXIT_LOCK_LOST,
     EXIT_PREEMPTED,
     EXIT_USER_ERROR,
     UserError,
@@ -96,6 +97,7 @@ def _dispatch(argv: list[str] | None) -> int:
         print(flags_lib.command_help(command))
         return 0
     from lmc import compilation_cache
+    from lmc.io.lock import LockLost
     from lmc.preemption import Preempted
     from lmc.training import DivergenceError
 
@@ -113,6 +115,9 @@ def _dispatch(argv: list[str] | None) -> int:
     except DivergenceError as e:
         print(f"lmc: diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except LockLost as e:
+        print(f"lmc: lock lost: {e}", file=sys.stderr)
+        return EXIT_LOCK_LOST
     except Preempted as e:
         print(f"lmc: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED if e.interrupted else EXIT_PREEMPTED

@@ -33,8 +33,9 @@ HELP = {
 
 Rerunning the same command resumes an interrupted run (or reuses a finished one);
 a workdir made by another config is refused unless --overwrite. Exit codes: 0 ok,
-2 user error, 3 diverged, 75 preempted (SIGTERM), 130 interrupted (Ctrl-C); after
-75 or 130 rerun the same command to continue.""",
+2 user error, 3 diverged, 4 lock lost (another run took over the workdir),
+75 preempted (SIGTERM), 130 interrupted (Ctrl-C); after 75 or 130 rerun the same
+command to continue.""",
     "sweep": """lmc sweep: every point of the config file's sweep() as its own `lmc run` in
 WORKDIR/<point>/, --parallel at a time; finished points are skipped, unfinished ones
 resume. --print prints one `lmc run` command per point instead (for schedulers).""",

@@ -376,9 +376,9 @@ def run_sweep(
         if stage is None or stage.status in ("done", "skipped") and not interrupted:
             interrupted = _execute(todo, parallel, workdir, summary, process)
         summary.write()
-    failed = [p for p in everything if p.status not in ("done", "skipped")]
-    if main and not failed:
-        _aggregate(config, config_file, workdir, points)
+        failed = [p for p in everything if p.status not in ("done", "skipped")]
+        if main and not failed:  # under the lock: the pooled results.json is its writes too
+            _aggregate(config, config_file, workdir, points)
     if main:
         _print_report(workdir)
         if failed:

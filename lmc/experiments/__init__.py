@@ -24,7 +24,7 @@ import logging
 import time
 from types import ModuleType
 
-from lmc import io
+from lmc import io, tracking
 from lmc.errors import UserError, choose
 from lmc.experiments import workdir as workdir_lib
 from lmc.io.lock import workdir_lock
@@ -58,6 +58,7 @@ def validate(config) -> None:
     from lmc.training.loop import validate_loop_settings
 
     validate_loop_settings(config)
+    tracking.validate(config)
     module_for(config.experiment).validate(config)
 
 
@@ -90,6 +91,14 @@ def run_experiment(
 
 def _run_locked(module, config, config_dict, workdir, overwrite, config_file, parent) -> dict:
     workdir = workdir_lib.prepare(workdir, config_dict, overwrite)
+    with tracking.use(tracking.open_trackers(config, workdir, config_dict)) as tracker:
+        results = _run_tracked(module, config, config_dict, workdir, config_file, parent)
+        if io.is_writer():
+            tracker.log_results(results, table([(workdir.name, results)]))
+    return results
+
+
+def _run_tracked(module, config, config_dict, workdir, config_file, parent) -> dict:
     t0 = time.perf_counter()
     body = module.run(config, workdir, parent=parent)
     results = {

@@ -33,7 +33,9 @@ Orbax epaths and keeps digests and the quarantine here; plots are drawn into mem
 and written with `write_bytes_atomic`; `lmc.report` lists runs with `listdir`; `lmc
 sweep` keeps its `.sweep.lock`, sweep.json and point states here (the points' logs
 are local files while a point runs, copied to an object-store workdir when it stops).
-Config files stay local files. `tests/test_gcs_e2e.py` runs, kills, resumes and
+Config files stay local files. While a run holds the workdir lock, every write here
+into the workdir first passes the lock's guard (`check_writable`): once another run
+has taken the lock over, it raises `lmc.io.lock.LockLost` instead (exit code 4). `tests/test_gcs_e2e.py` runs, kills, resumes and
 reports a spawn pair on gs:// (the emulator) and compares it bitwise with a local run.
 """
 
@@ -42,6 +44,7 @@ from lmc.io.files import (
     PathLike,
     absolute,
     append_lines,
+    check_writable,
     describe_os_error,
     exists,
     find,
@@ -71,6 +74,7 @@ __all__ = [
     "PathLike",
     "absolute",
     "append_lines",
+    "check_writable",
     "describe_os_error",
     "exists",
     "find",

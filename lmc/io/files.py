@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from etils import epath
 
@@ -32,6 +32,34 @@ def is_writer() -> bool:
     import jax  # lazily: the path layer itself must not start a JAX backend
 
     return jax.process_index() == 0
+
+
+# ---------------------------------------------------------------------- write guards
+# Every write, append, removal and move below calls `check_writable(path)` first. The
+# workdir lock (`lmc.io.lock`) registers a guard that raises `LockLost` for a path in
+# its workdir once another run has taken the lock over, so a run stops before its next
+# write there rather than mixing its files with the new holder's. Orbax's checkpoint
+# writes do not pass through here: `lmc.checkpoint` calls `check_writable` before each.
+
+_write_guards: list[Callable[[str], None]] = []
+
+
+def add_write_guard(guard: Callable[[str], None]) -> None:
+    """Call `guard(path)` before every write through this module (it raises to refuse)."""
+    _write_guards.append(guard)
+
+
+def remove_write_guard(guard: Callable[[str], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _write_guards.remove(guard)
+
+
+def check_writable(p: PathLike) -> None:
+    """Raise if a registered guard refuses writes to `p` (a lost workdir lock)."""
+    if _write_guards:
+        s = os.fspath(p)
+        for guard in tuple(_write_guards):
+            guard(s)
 
 
 # ----------------------------------------------------------------------------- paths
@@ -141,6 +169,7 @@ def makedirs(p: PathLike) -> epath.Path:
     """Create directory `p` with its parents (object stores: check that no object is in
     the way and that the bucket exists; they have no directories to create)."""
     s = os.fspath(p)
+    check_writable(s)
     if is_remote(p):
         fs = _fresh(p)
         bucket_end = s.index("://") + 3
@@ -206,6 +235,7 @@ def write_json_atomic(p: PathLike, obj, *, any_process: bool = False) -> None:
 def _write_bytes_atomic(p: PathLike, data: bytes) -> None:
     """write_bytes_atomic on every process (for callers that already checked)."""
     s = os.fspath(p)
+    check_writable(s)
     if is_remote(p):
         with os_errors(p, "writing it"):
             _fs(p).pipe_file(s, data)
@@ -295,6 +325,7 @@ class LineWriter:
             line = json.dumps(line)
         if "\n" in line:
             raise ValueError(f"one line at a time, got {line!r}")
+        check_writable(self.path)
         if self._f is None:
             self._pending.append(line)
             if time.monotonic() - self._last_upload >= self.min_interval_s:
@@ -370,6 +401,7 @@ def _cut_partial_last_line(f) -> None:
 
 def remove(p: PathLike, missing_ok: bool = True) -> None:
     """Remove one file."""
+    check_writable(p)
     try:
         with os_errors(p, "removing it"):
             if is_remote(p):
@@ -384,6 +416,7 @@ def remove(p: PathLike, missing_ok: bool = True) -> None:
 def remove_tree(p: PathLike, missing_ok: bool = True) -> None:
     """Remove a directory and everything below it (a file is removed too)."""
     s = os.fspath(p)
+    check_writable(s)
     try:
         with os_errors(p, "removing it"):
             if is_remote(p):
@@ -408,6 +441,8 @@ def move_tree(src: PathLike, dst: PathLike) -> None:
     stores have no rename: every object is copied server-side, then the source deleted
     (a crash in between leaves both copies, never a partial source)."""
     s, d = os.fspath(src), os.fspath(dst)
+    check_writable(s)
+    check_writable(d)
     with os_errors(dst, "moving a directory there"):
         if is_remote(src) or is_remote(dst):
             if scheme(src) != scheme(dst):

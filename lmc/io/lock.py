@@ -15,14 +15,23 @@ Check-and-set is atomic so two runs starting together cannot both win:
   filesystem, and the record must outlive crashes to be reported);
 - GCS: object generations. Creating uses `ifGenerationMatch=0`, a takeover or a
   heartbeat `ifGenerationMatch=<the generation read>`, so of two writers racing one
-  gets HTTP 412 and loses. (The gcp-storage-emulator ignores preconditions; there the
-  read-back check after each write still catches sequential races.)
+  gets HTTP 412 and loses (tested against tests/gcs_emulator.py, which honours the
+  preconditions that the stock gcp-storage-emulator ignores);
 - other object stores (s3://, ...): write, then read back and check the token; a
   narrower but nonzero race window.
 
-A holder that finds its lock taken over (its heartbeat lost the race, e.g. after being
-suspended past its lease) logs an error and `Lock.lost` becomes true; the engine can
-check it at checkpoints and stop.
+A holder whose lock is taken over (it was suspended, or cut off from the store, for
+longer than its lease) must not write again: while held, the lock guards every write
+through `lmc.io` below its workdir (and `lmc.checkpoint` checks before each save).
+Before a write the guard raises `LockLost`, naming the new holder, once `Lock.lost` is
+set (by a heartbeat that found another run's token), and it first renews the lease
+itself when the last confirmed heartbeat is older than half the lease (the heartbeat
+thread may be behind, e.g. right after the process was resumed from a suspension). The
+CLI exits with `EXIT_LOCK_LOST` (4). What is not covered: a write already under way
+when the process was suspended completes when it resumes.
+
+The lease: `lease_s` (120 s by default; the environment variable `LMC_LOCK_LEASE_S`
+overrides the default, e.g. longer for hosts that are suspended for minutes).
 
 Multi-process runs: only the writer (process 0) takes the lock (`writer=`).
 """
@@ -48,6 +57,26 @@ from lmc.io import files
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lmc.lock"
+LEASE_ENV = "LMC_LOCK_LEASE_S"
+DEFAULT_LEASE_S = 120.0
+
+
+class LockLost(RuntimeError):
+    """Another run took over this run's workdir lock; this run must stop writing."""
+
+
+def default_lease_s() -> float:
+    """The lease: `LMC_LOCK_LEASE_S` if set, else 120 s."""
+    raw = os.environ.get(LEASE_ENV, "")
+    if not raw:
+        return DEFAULT_LEASE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{LEASE_ENV}={raw!r} must be a positive number of seconds")
+    return value
 
 
 @dataclass
@@ -58,9 +87,31 @@ class Lock:
     record: dict
     lease_s: float
     lost: bool = False
+    confirmed: float = 0.0  # time.time() of the last write that proved the lock ours
     _generation: str | None = None  # GCS object generation of our last write
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    # One heartbeat at a time: the background thread and a write's own renewal (on GCS
+    # two concurrent rewrites from one holder would fail each other's precondition).
+    _mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def workdir(self) -> str:
+        return self.path.rsplit("/", 1)[0]
+
+    def guard(self, path: str) -> None:
+        """Raise LockLost before a write to `path` in this lock's workdir once the lock is
+        lost; renew it first if our last proof of holding it is older than half a lease."""
+        if path == self.path or not _inside(path, self.workdir):
+            return
+        stale = time.time() - self.confirmed > self.lease_s / 2
+        if stale and not self.lost and not self._stop.is_set():  # _stop: being released
+            try:
+                heartbeat(self)
+            except Exception as e:  # transient: the next write or heartbeat tries again
+                log.warning("could not renew the lock %s: %s", self.path, e)
+        if self.lost:
+            raise LockLost(_lost_message(self, path))
 
 
 @contextlib.contextmanager
@@ -68,7 +119,7 @@ def workdir_lock(
     workdir: files.PathLike,
     *,
     writer: bool | None = None,
-    lease_s: float = 120.0,
+    lease_s: float | None = None,
     heartbeat_s: float | None = None,
     what: str = "lmc run",
     name: str = LOCK_FILE,
@@ -76,11 +127,14 @@ def workdir_lock(
     """Hold the workdir's lock for the block (yields the Lock; None where `writer` is
     false, default: not process 0). Raises UserError if a live run holds it. `name`
     is the lock file's name in the workdir (a sweep holds `.sweep.lock` while each of
-    its points' runs holds its own point's `.lmc.lock`)."""
+    its points' runs holds its own point's `.lmc.lock`). Writes through `lmc.io` into
+    the workdir raise LockLost once another run has taken the lock over."""
     if not (files.is_writer() if writer is None else writer):
         yield None
         return
+    lease_s = default_lease_s() if lease_s is None else lease_s
     lock = acquire(workdir, lease_s=lease_s, what=what, name=name)
+    files.add_write_guard(lock.guard)
     interval = lease_s / 4 if heartbeat_s is None else heartbeat_s
     if interval > 0:
         lock._thread = threading.Thread(
@@ -96,11 +150,12 @@ def workdir_lock(
 def acquire(
     workdir: files.PathLike,
     *,
-    lease_s: float = 120.0,
+    lease_s: float = DEFAULT_LEASE_S,
     what: str = "lmc run",
     name: str = LOCK_FILE,
 ) -> Lock:
-    """Take the lock (no heartbeat thread; call `heartbeat` yourself, then `release`)."""
+    """Take the lock (no heartbeat thread and no write guard; call `heartbeat` yourself,
+    then `release`)."""
     files.makedirs(workdir)
     path = os.fspath(files.path(workdir) / name)
     record = {
@@ -119,40 +174,46 @@ def acquire(
         _acquire_object_store(lock)
     else:
         _acquire_local(lock)
+    lock.confirmed = record["heartbeat"]
     return lock
 
 
 def heartbeat(lock: Lock) -> bool:
     """Renew the lease; False (and `lock.lost`) if another run has taken the lock."""
-    if lock.lost:
-        return False
-    lock.record["heartbeat"] = time.time()
-    if files.scheme(lock.path) == "gs":
-        ok = _heartbeat_gcs(lock)
-    elif files.is_remote(lock.path):
-        current = _read_record(lock.path)
-        ok = current is not None and current.get("token") == lock.record["token"]
-        if ok:
-            files._write_bytes_atomic(lock.path, _encode(lock.record))
-    else:
-        with _flocked(lock.path) as fd:
-            current = _parse(os.pread(fd, 1 << 16, 0))
+    with lock._mutex:
+        if lock.lost:
+            return False
+        now = time.time()
+        lock.record["heartbeat"] = now
+        if files.scheme(lock.path) == "gs":
+            ok = _heartbeat_gcs(lock)
+        elif files.is_remote(lock.path):
+            current = _read_record(lock.path)
             ok = current is not None and current.get("token") == lock.record["token"]
             if ok:
-                _rewrite(fd, lock.record)
-    if not ok:
+                files._write_bytes_atomic(lock.path, _encode(lock.record))
+        else:
+            with _flocked(lock.path) as fd:
+                current = _parse(os.pread(fd, 1 << 16, 0))
+                ok = current is not None and current.get("token") == lock.record["token"]
+                if ok:
+                    _rewrite(fd, lock.record)
+        if ok:
+            lock.confirmed = now
+            return True
         lock.lost = True
-        log.error(
-            "the lock %s was taken over by another run (%s); this run no longer owns the "
-            "workdir and should stop",
-            lock.path,
-            _describe(_read_record(lock.path)),
-        )
-    return ok
+    log.error(
+        "the lock %s was taken over by another run (%s); this run no longer owns the "
+        "workdir and stops before its next write there",
+        lock.path,
+        _describe(_read_record(lock.path)),
+    )
+    return False
 
 
 def release(lock: Lock) -> None:
     """Stop the heartbeat and remove the lock file if it is still ours."""
+    files.remove_write_guard(lock.guard)
     lock._stop.set()
     if lock._thread is not None:
         lock._thread.join()
@@ -211,6 +272,29 @@ def _describe(record: dict | None) -> str:
     return (
         f"host {record.get('host')}, pid {record.get('pid')}, started {record.get('started')}"
         f" ({record.get('command', 'lmc run')})"
+    )
+
+
+def _inside(path: str, workdir: str) -> bool:
+    if files.is_remote(path) or files.is_remote(workdir):
+        return path == workdir or path.startswith(workdir.rstrip("/") + "/")
+    path, workdir = os.path.abspath(path), os.path.abspath(workdir)
+    return path == workdir or path.startswith(workdir.rstrip(os.sep) + os.sep)
+
+
+def _lost_message(lock: Lock, path: str) -> str:
+    try:
+        holder = _describe(_read_record(lock.path))
+    except Exception as e:  # the store is unreachable: say what we know
+        holder = f"holder not readable: {e}"
+    command = lock.record.get("command", "lmc run")
+    return (
+        f"this `{command}` lost its workdir lock {lock.path}: another run took it over "
+        f"({holder}); a run takes over a lock whose lease ({lock.lease_s:g} s) expired, so "
+        "this one was suspended or cut off from the filesystem for that long. It stopped "
+        f"before writing {path}; the workdir "
+        "now belongs to the other run. Let that run finish, or stop it and rerun this "
+        "command to resume from the last checkpoint."
     )
 
 
@@ -362,8 +446,8 @@ def _acquire_gcs(lock: Lock) -> None:
 
 
 def _heartbeat_gcs(lock: Lock) -> bool:
-    # The precondition alone decides on GCS; the read first makes a taken-over lock
-    # safe from our rewrite where preconditions are not enforced (the emulator).
+    # The precondition alone decides on GCS; the read first spares a request (and keeps
+    # a taken-over lock safe on a GCS-like store that does not enforce preconditions).
     current, _ = _gcs_read(lock)
     if current is None or current.get("token") != lock.record["token"]:
         return False

@@ -8,7 +8,7 @@ import json
 
 import jax
 
-from lmc import io
+from lmc import io, tracking
 
 
 class MetricsWriter:
@@ -26,6 +26,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         self._writer().write(json.dumps(record))
+        tracking.current().log_metrics(self.path, record)  # copies for TensorBoard, W&B
 
     def flush(self) -> None:
         """Make every line so far durable (before a checkpoint: a resumed run drops the
