@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from lmc.align.checks import check_finite, check_same_structure
+from lmc.align.inputs import check_finite, check_same_structure
 from lmc.align.rules import CALL_PRIMITIVES
 from lmc.align.spec import PermutationSpec, check_sizes, identity, resolve
 from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_paths

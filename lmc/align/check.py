@@ -4,7 +4,7 @@
 permutation for every name, one per layer for stacked ones) and reports the largest
 change of the outputs: rounding-level for a correct spec, of the order of the
 outputs for a wrong one. It also traces `fn` and lists every parameter axis that no
-permutation acts on, and why (see `lmc.align.report`), so a weak spec can be told
+permutation acts on, and why (see `lmc.align.coverage`), so a weak spec can be told
 from a model without those symmetries.
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from lmc.align import report
+from lmc.align import coverage
 from lmc.align.spec import PermutationSpec, apply_permutation, random_permutations
 from lmc.align.trace import analyze_function, is_static
 from lmc.models.calling import plain_fn
@@ -81,6 +81,6 @@ def check(fn, spec: PermutationSpec, params, *args, key=None, rtol: float = 1e-4
         max_change=change,
         max_output=scale,
         invariant=change <= rtol * max(1.0, scale),
-        summary=report.summary(analysis),
-        unpermuted=report.unpermuted(analysis),
+        summary=coverage.summary(analysis),
+        unpermuted=coverage.unpermuted(analysis),
     )

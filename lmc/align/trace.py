@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from lmc.align.coverage import summary
 from lmc.align.graph import Analysis, AxisGraph, Nodes  # noqa: F401  (re-exported)
-from lmc.align.report import summary
 from lmc.align.rules import RULES, unknown
 from lmc.align.spec import Path, PermutationSpec
 from lmc.errors import UserError

@@ -1,35 +1,42 @@
-"""Weight matching (Git Re-Basin, Ainsworth et al. 2022, Algorithm 1).
+"""Weight matching (Git Re-Basin, Ainsworth et al. 2022, Algorithm 1), for every spec.
 
 Maximize  J(P) = sum_leaves <W_a, P(W_b)>  over the permutations of a spec by
-coordinate descent: all permutations but one are fixed, and that one is the solution
-of a linear assignment problem (`scipy.optimize.linear_sum_assignment`) on
+coordinate descent over *blocks*: all permutations but one block's are fixed, and the
+block is solved exactly. A block is a plain permutation p (one linear assignment,
+`scipy.optimize.linear_sum_assignment` or LAPJV, on
 
-    C_p = sum over the axes e of p:  A_e @ B_e^T
+    C_p = sum over the axes e of p:  A_e^T B_e[rows_e]
 
-where A_e is W_a with p's units first, flattened to (n, M_e), and B_e the same for
-W_b with every *other* permutation acting on that leaf applied. Sweeps visit the
-permutations in a fresh random order (drawn from `key`) and stop after a sweep
-without improvement.
+where A_e is W_a as a (rows, n) matrix with p's units last and B_e[rows_e] the same
+for W_b with every *other* permutation acting on that leaf applied), or a family of
+nested units (heads and the permutations within them, `lmc.align.nested`), whose
+leaves are read as (rows, heads * n) matrices so all head pairs come from one product.
+Stacked (per-layer) permutations are matched as the unscanned twin's plain ones
+(`lmc.align.stacked`). Sweeps visit the blocks in a fresh random order (drawn from
+`key`) and stop after a sweep without improvement.
 
-How it is made fast (alignment runs for every pair of a sweep):
-- A_e and the unpermuted B_e are flattened once and stacked as (M, n) matrices, one
-  stack per *group*: the leaves of p whose rows the same other permutations reorder.
-  C_p is the sum of one product `A_g^T @ B_g[rows]` per group; the other permutations
-  only reorder B_g's rows, and that map `rows` is computed on the host in O(M).
-- Only the groups whose row map changed since p's last solve are recomputed; leaves
-  no other permutation touches (an input layer, norm scales) are multiplied once.
-  A permutation none of whose row maps changed is skipped: same assignment.
+How it is made fast and small (alignment runs for every pair of a sweep, on models
+up to GPT-2 size):
+- Every product is read straight from the leaves (`lmc.align.axes.unit_rows`, a view
+  for most layouts): no stacked copies of A or B are made on the host. The other
+  permutations only reorder B_e's rows, and that map `rows_e` is computed on the row
+  grid alone (`axes.row_map`), never by permuting a leaf.
+- A block's products are grouped by the permutations that reorder their rows; only
+  the groups whose row maps changed since the block's last solve are recomputed. A
+  block none of whose row maps changed is skipped: same costs, same assignment.
 - When at most half of a group's rows changed, its cached product gets a low-rank
-  correction A_g[changed]^T @ (B_g[new] - B_g[old]) instead of a full product.
+  correction A[changed]^T (B[new] - B[old]) instead of a full product. Large lone
+  products are not cached (`CACHE_MAX_ENTRIES`): memory stays near the models' own.
 - Assignments use LAPJV (the `lap` package) on reduced costs; scipy without it.
+  Solutions of large costs are remembered by the cost's bytes (`Memo`): restarts
+  meet identical costs, and an identical cost has the identical answer.
 - J is tracked from the assignment gains (exact while no permutation acts on two
   axes of one leaf), not recomputed every sweep.
 - Products run in jitted JAX on accelerators. On a CPU backend they run in NumPy:
-  its BLAS is faster than XLA's dot there (measured 80 ms vs 128 ms for a
-  (512 x 20480) @ (20480 x 512) product on 2 cores) and nothing needs compiling.
+  its BLAS is faster than XLA's dot there and nothing needs compiling.
 
-Speed against the eager reference: `python benchmarks/run.py --only weight_matching`
-(numbers in the README's Performance section).
+Speed against the eager reference: `python benchmarks/run.py --only weight_matching`;
+at GPT-2 size: `python benchmarks/align_scale.py` (numbers in the README).
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ except ImportError:  # optional speed-up; scipy gives the same optimum
 
 from lmc.align import nested
 from lmc.align.axes import row_map, unit_rows
-from lmc.align.checks import check_finite, check_same_structure, flat
+from lmc.align.inputs import check_finite, check_same_structure, flat
 from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, permute_leaf, resolve
 from lmc.align.stacked import restack, unstack_perms, unstack_spec, unstack_tree
 from lmc.errors import UserError
