@@ -27,7 +27,8 @@ largest output change, and which parameter axes stay unpermuted and why.
 Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`, and
 `learned_matching` (orthogonal maps learned on the path loss; `lmc.align.learned`).
 Recipes for attention models, from a model and two combined trees to B aligned
-(`lmc.align.recipes`): `weight_matching_heads`, `weight_matching_orthogonal`. Helpers:
+(`lmc.align.recipes`): `weight_matching_heads`, `weight_matching_orthogonal`, and
+`learned_matching` called with a model first. Helpers:
 `identity`, `compose`, `inverse`, `random_permutations`. Specs are always traced;
 the hand-written specs that check the tracer live with the tests (`tests/oracles`).
 """
@@ -35,9 +36,13 @@ the hand-written specs that check the tracer live with the tests (`tests/oracles
 from lmc.align import trace
 from lmc.align.activation_matching import activation_matching
 from lmc.align.check import CheckReport, check
-from lmc.align.learned import learned_matching, orthogonal_classes
+from lmc.align.learned import orthogonal_classes
 from lmc.align.merge_many import merge_many
-from lmc.align.recipes import weight_matching_heads, weight_matching_orthogonal
+from lmc.align.recipes import (
+    learned_matching,
+    weight_matching_heads,
+    weight_matching_orthogonal,
+)
 from lmc.align.spec import (
     AxisRef,
     PermutationSpec,

@@ -7,6 +7,7 @@ engine (`lmc.experiments.methods`) calls:
     from lmc import align
     b_heads, info = align.weight_matching_heads(model, tree_a, tree_b, x)
     b_orth, info = align.weight_matching_orthogonal(model, tree_a, tree_b, x)
+    b_learned, info = align.learned_matching(model, tree_a, tree_b, x, batches)
 
 `model` is an `lmc.models` Model or anything `lmc.models.as_model` takes (a linen
 module); `tree_a`/`tree_b` are combined trees {"params": ..., "model_state": ...};
@@ -22,14 +23,19 @@ B's combined tree aligned to A (the same function as B) and an info dict.
   folded into the readers) alternated with weight matching (`lmc.align.orthogonal`).
   Needs a pre-norm model whose residual stream is rotation-symmetric; checked
   numerically, a UserError otherwise.
+- `learned_matching`: `weight_matching_orthogonal`, then orthogonal maps of every
+  class the traced program admits them for, learned on the loss of interpolated
+  networks (`lmc.align.learned`). `batches` yield (inputs, labels); the loss is the
+  model's cross-entropy unless `loss_fn(params, batch)` is given. Called with a spec
+  first, `learned_matching` is the spec-level method itself.
 """
 
 from __future__ import annotations
 
 import jax
 
-from lmc.align import nested, orthogonal
-from lmc.align.spec import apply_permutation, nested_units
+from lmc.align import learned, nested, orthogonal
+from lmc.align.spec import PermutationSpec, apply_permutation, nested_units
 from lmc.align.trace import specs_from_model
 from lmc.align.weight_matching import weight_matching
 from lmc.errors import UserError
@@ -119,4 +125,58 @@ def weight_matching_orthogonal(
     info.update(
         objective_orthogonal=[float(v) for v in orth["objective"]], params_spec=pspec, roles=roles
     )
+    return {"params": params_b, "model_state": tree_b["model_state"]}, info
+
+
+def learned_matching(model, *args, **kwargs):
+    """The transformer recipe (`model, tree_a, tree_b, example_input, batches`), or
+    the spec-level method when the first argument is a PermutationSpec (see
+    `lmc.align.learned.learned_matching`)."""
+    if isinstance(model, PermutationSpec):
+        return learned.learned_matching(model, *args, **kwargs)
+    return _learned_recipe(model, *args, **kwargs)
+
+
+def _learned_recipe(
+    model,
+    tree_a,
+    tree_b,
+    example_input,
+    batches,
+    *,
+    loss_fn=None,
+    key=None,
+    steps: int = 300,
+    learning_rate: float = 1e-2,
+    alpha: tuple[float, float] = (0.2, 0.8),
+    max_iter: int = 100,
+    restarts=RESTARTS,
+    rounds: int = 3,
+):
+    """B aligned by `weight_matching_orthogonal`, then with learned orthogonal maps;
+    returns (tree, info): the orthogonal recipe's info plus `steps`, `classes`,
+    `losses` (path loss per step)."""
+    model = _model(model)
+    key = jax.random.key(0) if key is None else key
+    start, info = weight_matching_orthogonal(
+        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts,
+        rounds=rounds,
+    )  # fmt: skip
+    spec, roles = info["params_spec"], info["roles"]
+    state = tree_a["model_state"]
+    classes = learned.orthogonal_classes(
+        _eval_fn(model, tree_a), spec, tree_a["params"], example_input, exclude=(roles.residual,)
+    )
+    if loss_fn is None:
+        from lmc.evaluate.metrics import cross_entropy
+
+        def loss_fn(params, batch):
+            logits, _ = model.apply(params, state, batch[0], False)
+            return cross_entropy(logits, batch[1]).mean()
+
+    params_b, learned_info = learned.learned_matching(
+        spec, roles, classes, tree_a["params"], start["params"], loss_fn, batches, key=key,
+        steps=steps, learning_rate=learning_rate, alpha=alpha,
+    )  # fmt: skip
+    info.update({k: learned_info[k] for k in ("steps", "classes", "losses")})
     return {"params": params_b, "model_state": tree_b["model_state"]}, info

@@ -109,7 +109,7 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         perms, info = align.weight_matching(spec, ea, eb, key=key, max_iter=config.align.max_iter)
         extra = {"sweeps": int(info["sweeps"])}
     elif base == "weight_matching_orthogonal":
-        return orthogonal_matching(config, model, dataset, ea, eb, key, t0)[:2]
+        return orthogonal_matching(config, model, dataset, ea, eb, key, t0)
     elif base == "learned_matching":
         return learned(config, model, dataset, ea, eb, key, t0)
     elif base == "weight_matching_heads":
@@ -137,8 +137,7 @@ def heads_info(info: dict) -> dict:
 
 
 def orthogonal_matching(config, model, dataset, ea, eb, key, t0):
-    """`weight_matching_orthogonal`: returns (aligned endpoint b, info for results.json,
-    and for `learned` the nested spec of the params and the residual stream's roles)."""
+    """`weight_matching_orthogonal`: returns (aligned endpoint b, info for results.json)."""
     from lmc import align
 
     aligned, info = align.weight_matching_orthogonal(
@@ -148,44 +147,31 @@ def orthogonal_matching(config, model, dataset, ea, eb, key, t0):
     extra = heads_info(info)
     extra["objective_orthogonal"] = info["objective_orthogonal"]
     extra["align_s"] = round(time.perf_counter() - t0, 3)
-    return aligned, extra, info["params_spec"], info["roles"]
+    return aligned, extra
 
 
 def learned(config, model, dataset, ea, eb, key, t0):
     """`learned_matching`: returns (aligned endpoint b, info)."""
-    from lmc.align import learned as learned_lib
-    from lmc.evaluate.metrics import cross_entropy
-
-    start, extra, spec, roles = orthogonal_matching(config, model, dataset, ea, eb, key, t0)
-    state = ea["model_state"]
-    x = dataset.train_x[:2]
-
-    def fn(params, x):
-        return model.apply(params, state, x, False)[0]
-
-    classes = learned_lib.orthogonal_classes(fn, spec, ea["params"], x, exclude=(roles.residual,))
-
-    def loss(params, batch):
-        logits, _ = model.apply(params, state, batch[0], False)
-        return cross_entropy(logits, batch[1]).mean()
+    from lmc import align
 
     size = min(int(config.batch_size), dataset.num_train)
     seed = int(config.align.seed) + 20_000  # not any child's data seed, nor align_batches'
     steps = int(config.align.learned_steps)
     batches = (dataset.train_batch(seed, s, size) for s in range(steps))
-    params_b, info = learned_lib.learned_matching(
-        spec, roles, classes, ea["params"], start["params"], loss, batches, key=key,
-        steps=steps, learning_rate=float(config.align.learned_lr), alpha=LEARNED_ALPHAS,
+    aligned, info = align.learned_matching(
+        model, ea, eb, dataset.train_x[:2], batches, key=key, steps=steps,
+        learning_rate=float(config.align.learned_lr), alpha=LEARNED_ALPHAS,
+        max_iter=int(config.align.max_iter), restarts=WM_RESTARTS,
     )  # fmt: skip
     losses = info["losses"]
     tail = max(1, len(losses) // 10)
-    extra.update({
+    return aligned, {
+        **heads_info(info), "objective_orthogonal": info["objective_orthogonal"],
         "steps": info["steps"], "learned_classes": info["classes"],
         "path_loss_first": losses[0] if losses else None,
         "path_loss_last": float(np.mean(losses[-tail:])) if losses else None,
         "align_s": round(time.perf_counter() - t0, 3),
-    })  # fmt: skip
-    return {"params": params_b, "model_state": eb["model_state"]}, extra
+    }  # fmt: skip
 
 
 def straight_through(config, model, dataset, spec, ea, eb, key):
