@@ -200,6 +200,15 @@ class Group:
         self.device = _to_device(problem, self) if _use_jax() else None
 
 
+def _gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] for a (rows, units) view. A column-major view (a leaf's first axis as
+    the units) is gathered along its contiguous axis: 4x faster than fancy indexing
+    across the strides at 4096 x 4096."""
+    if not x.flags.c_contiguous and x.T.flags.c_contiguous:
+        return np.take(x.T, rows, axis=1).T
+    return np.take(x, rows, axis=0)
+
+
 def _to_device(problem: Problem, group: Group):
     """Padded device copies of the group's stacked A, B rows for large products, else
     None (NumPy, straight from the leaves)."""
@@ -298,7 +307,7 @@ class Problem:
             for e, r in zip(group.entries, rows, strict=True):
                 a, b = self.rows_a(e), self.rows_b(e)
                 with _blas_threads(a.size * a.shape[1]):
-                    part = a.T @ (b[r] if e.others else b)
+                    part = a.T @ (_gather_rows(b, r) if e.others else b)
                 total = part if total is None else total + part
             return total
         a, b, padded = group.device
