@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from lmc.align.rules import CALL_PRIMITIVES
+from lmc.align.calls import called
 from lmc.align.spec import Path, PermutationSpec, get_leaf, set_leaves
 from lmc.align.trace import tree_paths
 from lmc.errors import UserError
@@ -87,11 +87,10 @@ def _flat_eqns(closed) -> tuple[list, list]:
             return None if isinstance(v, jcore.Literal) else env[v]
 
         for eqn in jaxpr.eqns:
-            inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-            inner = inner or eqn.params.get("fun_jaxpr")
+            call = called(eqn)
             args = [rd(v) for v in eqn.invars]
-            if eqn.primitive.name in CALL_PRIMITIVES and inner is not None:
-                inner = getattr(inner, "jaxpr", inner)
+            if call is not None:
+                inner = call[0]
                 outs = walk(inner, args[len(args) - len(inner.invars) :])
             else:
                 outs = [next(counter) for _ in eqn.outvars]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lmc.align.calls import CALL_PRIMITIVES, called_closed
 from lmc.align.graph import AxisGraph, Nodes
 
 Rule = Callable[[AxisGraph, object, list[Nodes], list[bool]], list[Nodes]]
@@ -444,27 +445,10 @@ def positions(g, eqn, ins, deps):
 
 
 # ---- calls and control flow ---------------------------------------------------------------
-# Primitives that call a sub-jaxpr with the same inputs/outputs (also used by
-# activation matching to look inside them).
-CALL_PRIMITIVES = (
-    "jit",
-    "pjit",
-    "closed_call",
-    "core_call",
-    "remat2",
-    "checkpoint",
-    "custom_jvp_call",
-    "custom_vjp_call",
-    "custom_vjp_call_jaxpr",
-    "remat",
-)
-
-
 @register(*CALL_PRIMITIVES)
 def call(g, eqn, ins, deps):
     """Walk the called program with the caller's nodes (the primal one for custom rules)."""
-    p = eqn.params
-    inner = p.get("jaxpr") or p.get("call_jaxpr") or p.get("fun_jaxpr")
+    inner = called_closed(eqn)
     if inner is None:
         return unknown(g, eqn, ins, deps)
     outs, _ = g.run_closed(inner, ins, deps, g.context, g.record)
