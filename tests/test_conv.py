@@ -149,10 +149,11 @@ def test_a_population_of_conv_models_trains_with_the_tap_path_on(monkeypatch):
                        "opt_state": optimizer.init(params), "step": jnp.int32(0),
                        "first_bad_step": jnp.int32(-1)})  # fmt: skip
     step = step_function(model, optimizer, augment=False)
-    alone = [jax.jit(step)(s, x[i], y[i], None)[0] for i, s in enumerate(states)]
+    keys = jnp.stack([jax.random.key_data(jax.random.key(i)) for i in range(2)])
+    alone = [jax.jit(step)(s, x[i], y[i], keys[i])[0] for i, s in enumerate(states)]
     assert "dot_general" in str(jax.make_jaxpr(jax.grad(lambda p: model.apply(
         p, states[0]["model_state"], x[0], True)[0].sum()))(states[0]["params"]))  # fmt: skip
-    together = unstack(population_step(step)(stack(states), x, y, None)[0], 2)
+    together = unstack(population_step(step)(stack(states), x, y, keys)[0], 2)
     for a, b in zip(alone, together, strict=True):
         for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6)

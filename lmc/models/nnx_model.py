@@ -15,8 +15,9 @@ variables (BatchNorm running statistics), both as pure dicts with string keys
 Train mode is `module.train()` (BatchNorm uses batch statistics and updates its
 running ones; Dropout is active), eval mode `module.eval()`; a module whose
 `__call__` takes `train` also gets it as an argument. Other variables (RNG streams,
-caches) are held fixed: lmc's apply takes no key, so a Dropout mask would repeat at
-every step (lmc's models have no dropout).
+caches) are held fixed, except that in train mode `apply(..., rng=key)` reseeds every
+RNG stream from `key` (the train step passes one per (seed, step)), so a Dropout mask
+changes from step to step and is reproducible.
 
 A module *instance* is already initialized: `init` returns its current weights whatever
 the key; one adapter serves each instance (held weakly), so jitted code that takes the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import weakref
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -81,15 +83,29 @@ class NNXModel:
         _, params, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
         return _pure(params), _pure(stats)
 
-    def apply(self, params: dict, model_state: dict, x, train: bool) -> tuple[jax.Array, dict]:
+    def apply(
+        self, params: dict, model_state: dict, x, train: bool, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, dict]:
         p, s, rest = self.templates
+        reseed = train and rng is not None
+        if reseed:  # RNG streams set in this trace: their variables must be made in it
+            rest = _filled(rest, {})
         module = nnx.merge(
             self.graphdefs[int(bool(train))], _filled(p, params), _filled(s, model_state), rest
         )
+        if reseed:
+            _reseed(module, rng)
         out = module(x, train=train) if self.takes_train else module(x)
         if not train or not model_state:
             return out, model_state
         return out, _pure(nnx.state(module, nnx.BatchStat))
+
+
+def _reseed(module: nnx.Module, rng: jax.Array) -> None:
+    """Every RNG stream of the (freshly merged) module keyed from `rng` and its name."""
+    tags = {node.key.tag for _, node in nnx.iter_graph(module) if isinstance(node, nnx.RngStream)}
+    if tags:
+        nnx.reseed(module, **{t: jax.random.fold_in(rng, zlib.crc32(t.encode())) for t in tags})
 
 
 def _build(factory: Callable, key) -> nnx.Module:
