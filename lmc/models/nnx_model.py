@@ -19,6 +19,11 @@ caches) are held fixed, except that in train mode `apply(..., rng=key)` reseeds 
 RNG stream from `key` (the train step passes one per (seed, step)), so a Dropout mask
 changes from step to step and is reproducible.
 
+Layer hooks (REPAIR, `lmc.evaluate.layer_hooks`): flax.linen has `intercept_methods`,
+NNX has no counterpart. Within `call_hook(hook)`, `apply` gives every submodule of the
+freshly merged module a subclass whose `__call__` returns `hook(path, module, out)`
+(`path` joined with "/"); the merged objects live for one call, so nothing leaks.
+
 A module *instance* is already initialized: `init` returns its current weights whatever
 the key; one adapter serves each instance (held weakly), so jitted code that takes the
 model as a static argument compiles once per instance. For seeded inits (independent siblings, `init_seed`), give a factory
@@ -28,6 +33,8 @@ from `nnx.Rngs(key)`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import inspect
 import weakref
@@ -95,10 +102,56 @@ class NNXModel:
         )
         if reseed:
             _reseed(module, rng)
-        out = module(x, train=train) if self.takes_train else module(x)
+        hook = _HOOK.get()
+        with _hooked_calls(module) if hook else contextlib.nullcontext():
+            out = module(x, train=train) if self.takes_train else module(x)
         if not train or not model_state:
             return out, model_state
         return out, _pure(nnx.state(module, nnx.BatchStat))
+
+
+# (path, module, output) -> output, for every submodule call inside `call_hook`.
+_HOOK: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("nnx_hook", default=None)
+# While a hooked module runs: id(submodule) -> its path in the module.
+_PATHS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nnx_paths", default=None)
+_HOOKED: dict[type, type] = {}
+
+
+@contextlib.contextmanager
+def call_hook(hook: Callable[[str, nnx.Module, Any], Any]):
+    """Within the context, `NNXModel.apply` passes every submodule call's output
+    through `hook(path, module, out)` (the root module's own output excluded)."""
+    token = _HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _HOOK.reset(token)
+
+
+def _hooked_class(cls: type) -> type:
+    if cls not in _HOOKED:
+
+        def __call__(self, *args, **kwargs):
+            out = cls.__call__(self, *args, **kwargs)
+            path, hook = (_PATHS.get() or {}).get(id(self)), _HOOK.get()
+            return out if path is None or hook is None else hook(path, self, out)
+
+        _HOOKED[cls] = type(cls)(cls.__name__, (cls,), {"__call__": __call__})
+    return _HOOKED[cls]
+
+
+@contextlib.contextmanager
+def _hooked_calls(module: nnx.Module):
+    paths = {}
+    for path, node in nnx.iter_graph(module):
+        if path and isinstance(node, nnx.Module) and id(node) not in paths:
+            paths[id(node)] = "/".join(map(str, path))
+            object.__setattr__(node, "__class__", _hooked_class(type(node)))
+    token = _PATHS.set(paths)
+    try:
+        yield
+    finally:
+        _PATHS.reset(token)
 
 
 def _reseed(module: nnx.Module, rng: jax.Array) -> None:
