@@ -192,3 +192,7 @@ def test_dropout_masks_follow_seed_and_step(kind):
     logits, _ = model.apply(params, model_state, X, False)  # eval mode: no dropout, no key
     again, _ = model.apply(params, model_state, X, False)
     np.testing.assert_array_equal(logits, again)
+    # The tracer follows train mode with a fixed key (it failed before). A drawn mask
+    # has an order, so the units it multiplies stay pinned, and the report says why.
+    analysis = align.trace.analyze_model(model, X)
+    assert any("random_bits" in why for *_, why in analysis.unpermuted), analysis.unpermuted
