@@ -122,7 +122,7 @@ def test_every_method_on_an_nnx_mlp_and_an_nnx_attention_lm(tmp_path):
     c.align.learned_steps, c.align.ste_steps, c.align.activation_batches = 2, 2, 2
     c.eval.methods = ("naive", "weight_matching", "activation_matching", "ste",
                       "weight_matching_heads", "weight_matching_orthogonal",
-                      "learned_matching")  # fmt: skip
+                      "learned_matching", "activation_matching_heads")  # fmt: skip
     lm_results = run_experiment(c, tmp_path / "lm")
     for results, workdir in ((mlp_results, "mlp"), (lm_results, "lm")):
         on_disk = json.loads((tmp_path / workdir / "results.json").read_text())
