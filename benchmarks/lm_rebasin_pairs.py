@@ -34,6 +34,7 @@ from lmc.experiments import compare, setup
 DEFAULT_METHODS = (
     "naive",
     "activation_matching",
+    "activation_matching_heads",
     "weight_matching",
     "weight_matching_heads",
     "weight_matching_orthogonal",

@@ -86,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.num_alphas = 25  # evenly spaced points of the curve, ends included
     # naive | weight_matching | activation_matching | ste | weight_matching_heads |
-    # weight_matching_orthogonal | learned_matching, each optionally +reset or +repair
+    # weight_matching_orthogonal | learned_matching | activation_matching_heads, each
+    # optionally +reset or +repair
     c.eval.methods = ("naive", "weight_matching")
     c.eval.train_subset = 10000  # first N training examples used for train-side curves
     c.eval.batch_size = 1000  # rows per evaluation batch
@@ -153,7 +154,8 @@ def lm_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 128  # windows per evaluation batch
     c.eval.train_subset = 0  # text: the fixed held-in windows (config.data.eval_windows)
     # naive | weight_matching | activation_matching | ste | weight_matching_heads |
-    # weight_matching_orthogonal | learned_matching, each optionally +reset or +repair
+    # weight_matching_orthogonal | learned_matching | activation_matching_heads, each
+    # optionally +reset or +repair
     c.eval.methods = ("naive", "weight_matching")
 
     # code_vs_prose: task-arithmetic scales, and the extra pair from independent inits.

@@ -125,3 +125,35 @@ def test_forward_mode_and_hessian_vector_products_work(monkeypatch):
     np.testing.assert_allclose(
         hvp(ours), hvp(xla), rtol=1e-4, atol=1e-4 * float(jnp.abs(hvp(xla)).max())
     )
+
+
+def test_a_population_of_conv_models_trains_with_the_tap_path_on(monkeypatch):
+    """spawn.population vmaps the train step; the tap gradient's linear_call has no
+    batching rule, so the population step must trace XLA's. Each member's update
+    equals the same step run alone (tap path: gradients agree to rounding)."""
+    import optax
+
+    from lmc.training.population import population_step, stack, unstack
+    from lmc.training.step import step_function
+
+    monkeypatch.setattr(conv, "WEIGHT_GRAD", "taps")
+    model = models.build("cnn", 3, width=4)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 6, 8, 8, 3)), jnp.float32)  # 2 members
+    y = jnp.asarray(rng.integers(0, 3, size=(2, 6)), jnp.int32)
+    optimizer = optax.sgd(0.1)
+    states = []
+    for seed in range(2):
+        params, model_state = model.init(jax.random.key(seed), x[0, :1])
+        states.append({"params": params, "model_state": model_state,
+                       "opt_state": optimizer.init(params), "step": jnp.int32(0),
+                       "first_bad_step": jnp.int32(-1)})  # fmt: skip
+    step = step_function(model, optimizer, augment=False)
+    keys = jnp.stack([jax.random.key_data(jax.random.key(i)) for i in range(2)])
+    alone = [jax.jit(step)(s, x[i], y[i], keys[i])[0] for i, s in enumerate(states)]
+    assert "dot_general" in str(jax.make_jaxpr(jax.grad(lambda p: model.apply(
+        p, states[0]["model_state"], x[0], True)[0].sum()))(states[0]["params"]))  # fmt: skip
+    together = unstack(population_step(step)(stack(states), x, y, keys)[0], 2)
+    for a, b in zip(alone, together, strict=True):
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from lmc import data, evaluate, models
 from lmc.errors import UserError
@@ -265,3 +266,70 @@ def test_data_parallel_on_a_mesh_matches_one_device(bn_cnn, ds):
         np.testing.assert_allclose(many[key], one[key], rtol=1e-4, atol=1e-6)
     own = evaluate.evaluate(model.apply, a, ds, batch_size=BATCH, mesh=mesh)
     assert own["test_error"] == one["test_error"][0]
+
+
+class _NNXTwin(nnx.Module):
+    """The `mlp` fixture's network (2 x 32 ReLU, head) as an NNX module."""
+
+    def __init__(self, din, classes, rngs):
+        self.layers = nnx.List([nnx.Linear(din, 32, rngs=rngs), nnx.Linear(32, 32, rngs=rngs)])
+        self.head = nnx.Linear(32, classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], -1))
+        for layer in self.layers:
+            x = jax.nn.relu(layer(x))
+        return self.head(x)
+
+
+def test_repair_on_an_nnx_model_equals_repair_on_its_linen_twin(mlp, ds):
+    """NNX layers are hooked too (no intercept_methods there): the same network
+    written in NNX gets the same layers, corrections and curve as the linen one."""
+    model, a, b = mlp
+    module = _NNXTwin(int(np.prod(ds.train_x.shape[1:])), ds.num_classes, nnx.Rngs(0))
+    twin = models.as_model(module)
+
+    def as_nnx(e):
+        p = e["params"]
+        return {"params": {"layers": {"0": p["dense0"], "1": p["dense1"]}, "head": p["head"]},
+                "model_state": {}}  # fmt: skip
+
+    na, nb = as_nnx(a), as_nnx(b)
+    assert evaluate.repair_layers(twin, na, ds.train_x[:2]) == ["layers/0", "layers/1"]
+    batches = stats_batches(ds.train_x, BATCH, 3, seed=0)
+    _, want = normalization.prepare(model.apply, a, b, ALPHAS, "repair", batches)
+    _, got = normalization.prepare(twin.apply, na, nb, ALPHAS, "repair", batches)
+    for linen_key, nnx_key in (("dense0", "layers/0"), ("dense1", "layers/1")):
+        for k in ("scale", "shift"):
+            np.testing.assert_allclose(got[nnx_key][k], want[linen_key][k], rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(got["layers/0"]["scale"])[2] - 1).max() > 0.01  # a real correction
+    repaired, expected = curve(twin, na, nb, ds, "repair"), curve(model, a, b, ds, "repair")
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(repaired[key], expected[key], rtol=1e-4)
+
+
+def test_repair_on_an_nnx_batchnorm_model(ds):
+    """NNX BatchNorm outputs are REPAIR's default layers; the hooked modules still hand
+    back their running statistics in train mode (the statistics passes use them)."""
+    import plugin_models
+
+    din = int(np.prod(ds.train_x.shape[1:]))
+    module = plugin_models.NNXMLP(din, 16, ds.num_classes, nnx.Rngs(0))
+    model = models.as_model(module)
+    a, b = (
+        dict(zip(("params", "model_state"), model.init(None, ds.train_x[:2]), strict=True))
+        for _ in range(2)
+    )
+    b = {**b, "params": jax.tree.map(lambda p: p * 1.5 + 0.1, b["params"])}
+    assert evaluate.repair_layers(model, a, ds.train_x[:2]) == ["norm"]
+    batches = stats_batches(ds.train_x, BATCH, 2, seed=0)
+    states, corrections = normalization.prepare(model.apply, a, b, ALPHAS, "repair", batches)
+    scale = np.asarray(corrections["norm"]["scale"])
+    assert scale.shape == (len(ALPHAS), 16) and np.isfinite(scale).all()
+    np.testing.assert_array_equal(scale[[0, -1]], 1.0)  # the ends are left alone
+    assert np.abs(scale[1:-1] - 1).max() > 0.01
+    # RESET ran through the hooked modules: the midpoint's running mean was recomputed.
+    assert not np.allclose(
+        states["norm"]["mean"][2],
+        0.5 * (a["model_state"]["norm"]["mean"] + b["model_state"]["norm"]["mean"]),
+    )

@@ -4,6 +4,7 @@ alignment method on an NNX MLP and an NNX attention LM through the experiment en
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -121,7 +122,7 @@ def test_every_method_on_an_nnx_mlp_and_an_nnx_attention_lm(tmp_path):
     c.align.learned_steps, c.align.ste_steps, c.align.activation_batches = 2, 2, 2
     c.eval.methods = ("naive", "weight_matching", "activation_matching", "ste",
                       "weight_matching_heads", "weight_matching_orthogonal",
-                      "learned_matching")  # fmt: skip
+                      "learned_matching", "activation_matching_heads")  # fmt: skip
     lm_results = run_experiment(c, tmp_path / "lm")
     for results, workdir in ((mlp_results, "mlp"), (lm_results, "lm")):
         on_disk = json.loads((tmp_path / workdir / "results.json").read_text())
@@ -146,3 +147,52 @@ def test_check_takes_the_nnx_module_and_catches_a_wrong_spec():
         {"h": [(("params", "hidden", "kernel"), 1), (("params", "hidden", "bias"), 0)]}
     )
     assert not align.check(module, wrong, tree, X).invariant
+
+
+class _DropoutNet(nnx.Module):
+    def __init__(self, rngs):
+        self.hidden = nnx.Linear(12, 32, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(nnx.relu(self.hidden(x))))
+
+
+class _LinenDropoutNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.relu(nn.Dense(32)(x))
+        return nn.Dense(3)(nn.Dropout(0.5, deterministic=not train)(h))
+
+
+@pytest.mark.parametrize("kind", ["nnx", "linen"])
+def test_dropout_masks_follow_seed_and_step(kind):
+    """The train step's dropout mask is a function of (aug seed, step): a new mask each
+    step, the same one for the same (seed, step). Read through the loss of a step at
+    learning rate 0, so params, batch and model state are identical across calls."""
+    from lmc.training.step import step_function
+
+    module = _DropoutNet(nnx.Rngs(0)) if kind == "nnx" else _LinenDropoutNet()
+    model = models.as_model(module)  # an NNX instance is held weakly: keep `module`
+    params, model_state = model.init(jax.random.key(0), X)
+    optimizer = optax.sgd(0.0)
+    step = jax.jit(step_function(model, optimizer, augment=False))
+    y = jnp.zeros(len(X), jnp.int32)
+
+    def loss(t, seed):
+        state = {"params": params, "model_state": model_state, "opt_state": optimizer.init(params),
+                 "step": jnp.int32(t), "first_bad_step": jnp.int32(-1)}  # fmt: skip
+        return float(step(state, X, y, jax.random.key_data(jax.random.key(seed)))[1]["loss"])
+
+    losses = [loss(t, 0) for t in range(4)]
+    assert len(set(losses)) == 4, losses  # a fixed mask gives one value
+    assert loss(2, 0) == losses[2]  # reproducible
+    assert loss(2, 1) != losses[2]  # the seed matters too
+    logits, _ = model.apply(params, model_state, X, False)  # eval mode: no dropout, no key
+    again, _ = model.apply(params, model_state, X, False)
+    np.testing.assert_array_equal(logits, again)
+    # The tracer follows train mode with a fixed key (it failed before). A drawn mask
+    # has an order, so the units it multiplies stay pinned, and the report says why.
+    analysis = align.trace.analyze_model(model, X)
+    assert any("random_bits" in why for *_, why in analysis.unpermuted), analysis.unpermuted

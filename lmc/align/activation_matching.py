@@ -7,6 +7,15 @@ contraction along the permutation's axis (post-nonlinearity, as in the paper), s
 model-specific hooks are needed. Statistics are streamed with one jitted step that
 evaluates both models; the per-feature means and standard deviations it gathers are
 returned for REPAIR-style corrections (Jordan et al. 2022).
+
+Nested specs (`spec_from_model(..., nested=True)`: heads as units, one within-head
+permutation per head) are matched as families, like `lmc.align.nested` does on
+weights: a nested permutation's features keep the head axis, so its statistics are
+the (heads * n) x (heads * n) cross-correlations of all within-head units. For each
+pair (head i of A, head g of B) the best within-head assignment gives a head-pair
+score; the head permutation is the assignment on those scores (plus the correlation of
+the head permutation's own features), and each matched pair keeps its within-head
+assignment. With activations fixed this maximizes the summed correlation exactly.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from jax.extend import core as jcore
 
 from lmc.align.inputs import check_finite, check_same_structure
 from lmc.align.rules import CALL_PRIMITIVES
-from lmc.align.spec import PermutationSpec, check_sizes, identity, resolve
+from lmc.align.spec import PermutationSpec, check_sizes, identity, nested_units, resolve
 from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_paths
 from lmc.align.weight_matching import solve_assignment
 from lmc.errors import UserError
@@ -105,22 +114,30 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
     return {key: captured[i] for key, i in ids.items() if i in captured}
 
 
-def _features(x, site, stacked: bool):
-    """(samples, n), or (L, samples, n) for a stacked permutation.
+def _features(x, site, mode: str):
+    """(samples, n); (L, samples, n) for a stacked permutation; (samples, heads * n),
+    head-major, for a nested one.
 
     `x` is the captured value, with one leading axis per scan enclosing the site. The
     permuted factor of the site's axis goes last; axes carrying other permutations
-    are summed over (B's order along them is unknown); everything else is samples.
+    are summed over (B's order along them is unknown), except a nested permutation's
+    head axis (the first of them), which goes second to last; everything else is
+    samples.
     """
     _, axis, inner, other, n, lead = site
     ndim = x.ndim - lead
     axis, other = axis % ndim + lead, tuple(k % ndim + lead for k in other)
-    if other:
-        x = x.sum(axis=other, keepdims=True)
+    head = other[0] if mode == "nested" else None
+    summed = other[1:] if mode == "nested" else other
+    if summed:
+        x = x.sum(axis=summed, keepdims=True)
     shape = x.shape
     x = x.reshape((*shape[:axis], shape[axis] // (n * inner), n, inner, *shape[axis + 1 :]))
+    if mode == "nested":
+        x = jnp.moveaxis(x, (head if head < axis else head + 2, axis + 1), (-2, -1))
+        return x.reshape((-1, x.shape[-2] * n)).astype(jnp.float32)
     x = jnp.moveaxis(x, axis + 1, -1)
-    if stacked:  # the site is inside the scan: its leading axis is the layer
+    if mode == "stacked":  # the site is inside the scan: its leading axis is the layer
         return x.reshape((x.shape[0], -1, n)).astype(jnp.float32)
     return x.reshape((-1, n)).astype(jnp.float32)
 
@@ -198,7 +215,10 @@ def activation_matching(
     {'params', 'model_state'}, or params alone for models without state; eval mode is
     used) or any pure `apply_fn(params, x)`. `batches` yields inputs, or (x, y)
     tuples. Returns `(perms, info)`; `info['stats'][name]` lists, per activation site,
-    the means and standard deviations of A and of aligned B (for REPAIR).
+    the means and standard deviations of A and of aligned B (for REPAIR); (heads, n)
+    arrays for a nested permutation. A nested `spec` (heads as units, see
+    `spec_from_model(..., nested=True)`) is matched head pair by head pair (module
+    docstring).
     """
     t0 = time.perf_counter()
     batches = iter(batches)
@@ -222,15 +242,16 @@ def activation_matching(
     check_finite(tree_a, "params_a")
     check_finite(tree_b, "params_b")
 
+    nested = bool(nested_units(spec))
     steps: dict = {}  # one traced program (and jitted step) per input shape
 
     def step_for(x):
         key = (x.shape, str(x.dtype))
         if key not in steps:
             if model is not None:
-                analysis = analyze_model(model, x)
+                analysis = analyze_model(model, x, nested=nested)
             else:
-                analysis = analyze_function(apply_fn_or_model, tree_a, x)
+                analysis = analyze_function(apply_fn_or_model, tree_a, x, nested=nested)
             steps[key] = _make_step(analysis, _sites(spec, analysis), spec, tree_a, x)
         return steps[key]
 
@@ -256,12 +277,40 @@ def activation_matching(
             "batches": 0,
             "wall_s": time.perf_counter() - t0,
         }
+    perms, info_stats = _solve_all(spec, stats)
+    for name, p in _identity(spec, sizes).items():  # permutations without activations
+        perms.setdefault(name, p)
+    return perms, {"stats": info_stats, "batches": count, "wall_s": time.perf_counter() - t0}
+
+
+def _mode(spec: PermutationSpec, name: str) -> str:
+    if name in nested_units(spec):
+        return "nested"
+    return "stacked" if name in spec.stacks else "plain"
+
+
+def _solve_all(spec: PermutationSpec, stats: dict) -> tuple[dict, dict]:
+    """Permutations and per-site statistics from the accumulated statistics: head
+    families first (`_solve_family`), then stacked and plain permutations."""
     perms, info_stats = {}, {}
+    families: dict[str, list[str]] = {}
+    for w, h in nested_units(spec).items():
+        families.setdefault(h, []).append(w)
+    for h, ws in families.items():
+        if h in stats or any(w in stats for w in ws):
+            perms.update(_solve_family(spec, stats, h, ws))
+            for w in ws:
+                if w in stats:
+                    info_stats[w] = [_nested_site_stats(s, perms[h], perms[w]) for s in stats[w]]
     for name, per_site in stats.items():
-        if name in spec.stacks:  # one assignment per layer, on that layer's statistics
+        if name in info_stats:
+            continue
+        if name in perms:  # a head permutation, solved with its family
+            info_stats[name] = [_site_stats(s, perms[name]) for s in per_site]
+        elif name in spec.stacks:  # one assignment per layer, on that layer's statistics
             layers = range(spec.stacks[name])
             rows = [_solve([jax.tree.map(lambda v: v[i], s) for s in per_site]) for i in layers]  # noqa: B023
-            perms[name] = jnp.asarray(np.stack(rows))
+            perms[name] = np.stack(rows)
             info_stats[name] = [
                 jax.tree.map(
                     lambda *xs: np.stack(xs),
@@ -270,11 +319,41 @@ def activation_matching(
                 for s in per_site
             ]
         else:
-            perms[name] = jnp.asarray(_solve(per_site))
+            perms[name] = _solve(per_site)
             info_stats[name] = [_site_stats(s, perms[name]) for s in per_site]
-    for name, p in _identity(spec, sizes).items():  # permutations without activations
-        perms.setdefault(name, p)
-    return perms, {"stats": info_stats, "batches": count, "wall_s": time.perf_counter() - t0}
+    return {k: jnp.asarray(v) for k, v in perms.items()}, info_stats
+
+
+def _solve_family(spec: PermutationSpec, stats: dict, unit: str, nested: list[str]) -> dict:
+    """The head permutation `unit` and its nested permutations maximizing the summed
+    correlation: for each (head i of A, head g of B) the best within-head assignment
+    of every nested permutation, then the assignment of heads on the head-pair scores
+    (plus the correlation of the unit's own features); sigma[i, pi(i)] per head."""
+    heads = spec.stacks[nested[0]]
+    total = sum(_correlation(s) for s in stats[unit]) if unit in stats else np.zeros((heads, heads))
+    sigma = {}
+    for w in nested:
+        if w not in stats:
+            continue
+        n = spec.sizes[w]
+        corr = sum(_correlation(s) for s in stats[w]).reshape(heads, n, heads, n)
+        sigma[w] = np.empty((heads, heads, n), np.intp)
+        for i, g in itertools.product(range(heads), range(heads)):
+            cols = solve_assignment(corr[i, :, g])
+            sigma[w][i, g] = cols
+            total[i, g] += corr[i, np.arange(n), g, cols].sum()
+    pi = solve_assignment(total)
+    return {unit: pi, **{w: sig[np.arange(heads), pi] for w, sig in sigma.items()}}
+
+
+def _nested_site_stats(s, head_perm, perm) -> dict:
+    """`_site_stats` of a nested site, as (heads, n) arrays: aligned B's unit (i, k) is
+    B's unit perm[i, k] of head head_perm[i]."""
+    perm = np.asarray(perm)
+    heads, n = perm.shape
+    flat = (np.asarray(head_perm)[:, None] * n + perm).ravel()
+    out = _site_stats(s, flat)
+    return {k: v.reshape(heads, n) if k != "count" else v for k, v in out.items()}
 
 
 def _identity(spec: PermutationSpec, sizes) -> dict:
@@ -309,7 +388,7 @@ def _make_step(analysis, sites, spec, tree, x):
 
     Sites get their number of leading scan axes (from the shapes the probes come back
     with); a stacked permutation keeps only sites inside one scan, whose leading axis
-    is the layer.
+    is the layer; a nested one only sites outside any scan that carry its head axis.
     """
     wanted = {key for entries in sites.values() for key, *_ in entries}
 
@@ -329,10 +408,15 @@ def _make_step(analysis, sites, spec, tree, x):
         name: [(*e, len(shapes[e[0]].shape) - len(e[0][1].aval.shape)) for e in entries]
         for name, entries in sites.items()
     }
-    sites = {
-        name: [e for e in entries if name not in spec.stacks or e[-1] == 1]
-        for name, entries in sites.items()
-    }
+
+    def keep(name, e) -> bool:
+        mode = _mode(spec, name)
+        if mode == "nested":
+            heads = e[3][0] if e[3] and e[-1] == 0 else None
+            return heads is not None and e[0][1].aval.shape[heads] == spec.stacks[name]
+        return mode == "plain" or e[-1] == 1
+
+    sites = {name: [e for e in entries if keep(name, e)] for name, entries in sites.items()}
     sites = {name: entries for name, entries in sites.items() if entries}
 
     @jax.jit
@@ -340,13 +424,13 @@ def _make_step(analysis, sites, spec, tree, x):
         fa, fb = probe(tree_a, x), probe(tree_b, x)
         new = {}
         for name, entries in sites.items():
-            stacked = name in spec.stacks
-            merge = jax.vmap(_merge) if stacked else _merge
-            batch = jax.vmap(_batch_stats) if stacked else _batch_stats
+            mode = _mode(spec, name)
+            merge = jax.vmap(_merge) if mode == "stacked" else _merge
+            batch = jax.vmap(_batch_stats) if mode == "stacked" else _batch_stats
             new[name] = [
                 merge(
                     stats[name][i],
-                    batch(_features(fa[e[0]], e, stacked), _features(fb[e[0]], e, stacked)),
+                    batch(_features(fa[e[0]], e, mode), _features(fb[e[0]], e, mode)),
                 )
                 for i, e in enumerate(entries)
             ]
@@ -359,7 +443,9 @@ def _zero_stats(spec, sites) -> dict:
     """Empty running statistics (count 0), so the jitted step has one signature."""
 
     def zero(name, n):
-        lead = (spec.stacks[name],) if name in spec.stacks else ()
+        mode = _mode(spec, name)
+        lead = (spec.stacks[name],) if mode == "stacked" else ()
+        n = n * spec.stacks[name] if mode == "nested" else n
         return {
             "count": jnp.zeros(lead, jnp.float32),
             "mean_a": jnp.zeros((*lead, n)),

@@ -169,8 +169,13 @@ def model_shapes(model, example_input) -> tuple[dict, Any]:
 
 
 def model_fn(model, train: bool) -> Callable:
-    """The Model as a function of the combined tree."""
-    return lambda tree, x: model.apply(tree["params"], tree["model_state"], x, train)
+    """The Model as a function of the combined tree (train mode with a fixed dropout
+    key: the symmetry does not depend on which units a mask drops)."""
+    if not train:
+        return lambda tree, x: model.apply(tree["params"], tree["model_state"], x, False)
+    return lambda tree, x: model.apply(
+        tree["params"], tree["model_state"], x, True, rng=jax.random.key(0)
+    )
 
 
 def _trace_model(model, example_input):

@@ -1,4 +1,5 @@
-"""Per-channel hooks on layer outputs, for REPAIR, through `flax.linen.intercept_methods`.
+"""Per-channel hooks on layer outputs, for REPAIR, through `flax.linen.intercept_methods`
+(and `lmc.models.nnx_model.call_hook` for Flax NNX models).
 
 REPAIR needs to read and rescale the outputs of chosen layers of a network it only
 knows as `apply_fn(params, model_state, x, train)`. Flax lets a context manager
@@ -19,6 +20,9 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from lmc.models.nnx_model import call_hook
 
 # Same epsilon as the models' BatchNorm: a dead channel (zero variance) gets a finite scale.
 EPS = 1e-5
@@ -37,18 +41,20 @@ def layer_hooks(hook: Hook, keys=None, on_call: Callable | None = None):
     counts = collections.Counter()
     keys = frozenset(keys or ())
 
+    def visit(path: str, module, out):
+        key = path if counts[path] == 0 else f"{path}@{counts[path]}"
+        counts[path] += 1
+        if on_call is not None:
+            on_call(key, module)
+        return hook(key, out) if key in keys else out
+
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         if context.method_name != "__call__" or not context.module.path:
             return out
-        path = "/".join(context.module.path)
-        key = path if counts[path] == 0 else f"{path}@{counts[path]}"
-        counts[path] += 1
-        if on_call is not None:
-            on_call(key, context.module)
-        return hook(key, out) if key in keys else out
+        return visit("/".join(context.module.path), context.module, out)
 
-    with nn.intercept_methods(interceptor):
+    with nn.intercept_methods(interceptor), call_hook(visit):
         yield
 
 
@@ -61,9 +67,9 @@ def list_layers(apply_fn, params, model_state, x) -> list[tuple[str, str]]:
     layers = []
 
     def on_call(key, module):
-        if isinstance(module, nn.BatchNorm):
+        if isinstance(module, nn.BatchNorm | nnx.BatchNorm):
             layers.append((key, "batchnorm"))
-        elif isinstance(module, nn.Dense | nn.Conv):
+        elif isinstance(module, nn.Dense | nn.Conv | nnx.Linear | nnx.Conv):
             layers.append((key, "linear"))
         else:
             layers.append((key, "other"))

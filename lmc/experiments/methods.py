@@ -7,6 +7,9 @@ model (`align.spec_from_model`), whatever the model family. Bases:
 - `naive`: no alignment.
 - `weight_matching`: Git Re-Basin's weight matching over the traced permutations.
 - `activation_matching`: correlation of activations on training batches.
+- `activation_matching_heads`: the same over the richer class with nested units
+  (heads matched pair by pair, each head with its own query/key and value/output
+  permutations). Needs a model with nested units (attention).
 - `ste`: straight-through estimator on the midpoint loss (Git Re-Basin).
 - `weight_matching_heads`: weight matching over the richer class with nested units
   (`nested=True`: attention heads permuted as units, each head with its own query/key
@@ -35,7 +38,7 @@ from lmc.errors import UserError
 
 BASE_METHODS = ("naive", "weight_matching", "activation_matching", "ste",
                 "weight_matching_heads", "weight_matching_orthogonal",
-                "learned_matching")  # fmt: skip
+                "learned_matching", "activation_matching_heads")  # fmt: skip
 # Plain weight matching's visiting orders tried before the nested refinement: its
 # objective has many local optima on attention layers.
 WM_RESTARTS = 4
@@ -118,7 +121,14 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
             restarts=WM_RESTARTS,
         )  # fmt: skip
         return aligned, {**heads_info(info), "align_s": round(time.perf_counter() - t0, 3)}
-    elif base == "activation_matching":
+    elif base in ("activation_matching", "activation_matching_heads"):
+        if base == "activation_matching_heads":
+            spec = align.spec_from_model(model, dataset.train_x[:2], nested=True)
+            if not align.nested_units(spec):
+                raise UserError(
+                    "activation_matching_heads needs nested units (attention heads): every "
+                    "permutation of this model's traced spec is plain; use activation_matching"
+                )
         batches = [x for x, _ in align_batches(config, dataset)]
         perms, info = align.activation_matching(spec, model, ea, eb, batches)
         extra = {}

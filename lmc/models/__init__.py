@@ -56,16 +56,21 @@ class Model:
         state = _to_dict(variables.get("batch_stats", {}))
         return params, state
 
-    def apply(self, params: dict, model_state: dict, x, train: bool) -> tuple[jax.Array, dict]:
+    def apply(
+        self, params: dict, model_state: dict, x, train: bool, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, dict]:
+        """`rng`: the key of the "dropout" RNG stream in train mode (the train step
+        passes one per (seed, step)); without it a module that draws one fails."""
         variables = {"params": params}
         if model_state:
             variables["batch_stats"] = model_state
+        kwargs = self._kwargs(train)
+        if train and rng is not None:
+            kwargs["rngs"] = {"dropout": rng}
         if train and model_state:
-            logits, updates = self.module.apply(
-                variables, x, **self._kwargs(True), mutable=["batch_stats"]
-            )
+            logits, updates = self.module.apply(variables, x, **kwargs, mutable=["batch_stats"])
             return logits, _to_dict(updates["batch_stats"])
-        return self.module.apply(variables, x, **self._kwargs(train)), model_state
+        return self.module.apply(variables, x, **kwargs), model_state
 
 
 def is_model(obj) -> bool:

@@ -19,10 +19,16 @@ HWIO convolutions (any stride and padding, no dilation, no groups) on a CPU back
 with inputs of at least TAPS_MIN_BYTES. Gradients agree with XLA's to float32
 rounding, and forward mode (`jax.jvp`, Hessian-vector products) works as before
 (tests/test_conv.py).
+
+The tap gradient's `linear_call` has no batching rule in JAX, so a gradient taken
+under `jax.vmap` (a vmapped population of siblings, `lmc.training.population`) must
+be traced inside `weight_grad_path("xla")`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -39,6 +45,21 @@ TAPS_MIN_BYTES = 1 << 20
 WEIGHT_GRAD = "auto"
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# Set by `weight_grad_path` while a function is traced; overrides WEIGHT_GRAD.
+_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar("weight_grad", default=None)
+
+
+@contextlib.contextmanager
+def weight_grad_path(path: str):
+    """Convolutions traced inside this block use `path` ("auto", "taps" or "xla") for
+    their weight gradient, whatever WEIGHT_GRAD says."""
+    if path not in ("auto", "taps", "xla"):
+        raise ValueError(f"weight gradient path must be auto, taps or xla, got {path!r}")
+    token = _PATH.set(path)
+    try:
+        yield
+    finally:
+        _PATH.reset(token)
 
 
 def conv_general_dilated(
@@ -82,9 +103,10 @@ def conv_general_dilated(
 
 
 def _use_taps(x) -> bool:
-    if WEIGHT_GRAD == "auto":
+    path = _PATH.get() or WEIGHT_GRAD
+    if path == "auto":
         return jax.default_backend() == "cpu" and x.size * x.dtype.itemsize >= TAPS_MIN_BYTES
-    return WEIGHT_GRAD == "taps"
+    return path == "taps"
 
 
 def _plain_nhwc_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers):

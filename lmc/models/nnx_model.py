@@ -15,8 +15,14 @@ variables (BatchNorm running statistics), both as pure dicts with string keys
 Train mode is `module.train()` (BatchNorm uses batch statistics and updates its
 running ones; Dropout is active), eval mode `module.eval()`; a module whose
 `__call__` takes `train` also gets it as an argument. Other variables (RNG streams,
-caches) are held fixed: lmc's apply takes no key, so a Dropout mask would repeat at
-every step (lmc's models have no dropout).
+caches) are held fixed, except that in train mode `apply(..., rng=key)` reseeds every
+RNG stream from `key` (the train step passes one per (seed, step)), so a Dropout mask
+changes from step to step and is reproducible.
+
+Layer hooks (REPAIR, `lmc.evaluate.layer_hooks`): flax.linen has `intercept_methods`,
+NNX has no counterpart. Within `call_hook(hook)`, `apply` gives every submodule of the
+freshly merged module a subclass whose `__call__` returns `hook(path, module, out)`
+(`path` joined with "/"); the merged objects live for one call, so nothing leaks.
 
 A module *instance* is already initialized: `init` returns its current weights whatever
 the key; one adapter serves each instance (held weakly), so jitted code that takes the
@@ -27,9 +33,12 @@ from `nnx.Rngs(key)`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import inspect
 import weakref
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -81,15 +90,75 @@ class NNXModel:
         _, params, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
         return _pure(params), _pure(stats)
 
-    def apply(self, params: dict, model_state: dict, x, train: bool) -> tuple[jax.Array, dict]:
+    def apply(
+        self, params: dict, model_state: dict, x, train: bool, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, dict]:
         p, s, rest = self.templates
+        reseed = train and rng is not None
+        if reseed:  # RNG streams set in this trace: their variables must be made in it
+            rest = _filled(rest, {})
         module = nnx.merge(
             self.graphdefs[int(bool(train))], _filled(p, params), _filled(s, model_state), rest
         )
-        out = module(x, train=train) if self.takes_train else module(x)
+        if reseed:
+            _reseed(module, rng)
+        hook = _HOOK.get()
+        with _hooked_calls(module) if hook else contextlib.nullcontext():
+            out = module(x, train=train) if self.takes_train else module(x)
         if not train or not model_state:
             return out, model_state
         return out, _pure(nnx.state(module, nnx.BatchStat))
+
+
+# (path, module, output) -> output, for every submodule call inside `call_hook`.
+_HOOK: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("nnx_hook", default=None)
+# While a hooked module runs: id(submodule) -> its path in the module.
+_PATHS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nnx_paths", default=None)
+_HOOKED: dict[type, type] = {}
+
+
+@contextlib.contextmanager
+def call_hook(hook: Callable[[str, nnx.Module, Any], Any]):
+    """Within the context, `NNXModel.apply` passes every submodule call's output
+    through `hook(path, module, out)` (the root module's own output excluded)."""
+    token = _HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _HOOK.reset(token)
+
+
+def _hooked_class(cls: type) -> type:
+    if cls not in _HOOKED:
+
+        def __call__(self, *args, **kwargs):
+            out = cls.__call__(self, *args, **kwargs)
+            path, hook = (_PATHS.get() or {}).get(id(self)), _HOOK.get()
+            return out if path is None or hook is None else hook(path, self, out)
+
+        _HOOKED[cls] = type(cls)(cls.__name__, (cls,), {"__call__": __call__})
+    return _HOOKED[cls]
+
+
+@contextlib.contextmanager
+def _hooked_calls(module: nnx.Module):
+    paths = {}
+    for path, node in nnx.iter_graph(module):
+        if path and isinstance(node, nnx.Module) and id(node) not in paths:
+            paths[id(node)] = "/".join(map(str, path))
+            object.__setattr__(node, "__class__", _hooked_class(type(node)))
+    token = _PATHS.set(paths)
+    try:
+        yield
+    finally:
+        _PATHS.reset(token)
+
+
+def _reseed(module: nnx.Module, rng: jax.Array) -> None:
+    """Every RNG stream of the (freshly merged) module keyed from `rng` and its name."""
+    tags = {node.key.tag for _, node in nnx.iter_graph(module) if isinstance(node, nnx.RngStream)}
+    if tags:
+        nnx.reseed(module, **{t: jax.random.fold_in(rng, zlib.crc32(t.encode())) for t in tags})
 
 
 def _build(factory: Callable, key) -> nnx.Module:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from lmc.models import conv
+
 
 def stack(trees: Sequence):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
@@ -25,5 +27,14 @@ def unstack(tree, k: int) -> list:
 
 def population_step(step_fn):
     """vmap of a train step over (state, x, y, aug key) stacked on axis 0, jitted with
-    the stacked state donated."""
-    return jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
+    the stacked state donated.
+
+    Traced with XLA's convolution weight gradient: lmc's tap gradient
+    (`lmc.models.conv`) is a `linear_call`, which JAX cannot batch."""
+    batched = jax.vmap(step_fn)
+
+    def step(*args):
+        with conv.weight_grad_path("xla"):
+            return batched(*args)
+
+    return jax.jit(step, donate_argnums=(0,))

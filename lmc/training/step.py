@@ -3,7 +3,9 @@
     state, metrics = step(state, x, y, aug_key_data)
 
 The batch at step t is chosen by the loop from (data_seed, t); augmentation is keyed
-inside the step by fold_in(aug_seed, t), so the step needs no host-side randomness.
+inside the step by fold_in(aug_seed, t), and dropout (linen's "dropout" stream, every
+RNG stream of an NNX model) by fold_in(fold_in(aug_seed, DROPOUT), t), so the step
+needs no host-side randomness.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from lmc.evaluate.metrics import cross_entropy, wrong
 from lmc.models import Model
 from lmc.training.population import population_step
 
+# Folded into the augmentation key to separate the dropout keys from the crop/flip ones.
+DROPOUT = 0x64726F70
+
 
 def step_function(model: Model, optimizer: optax.GradientTransformation, augment: bool):
     """The un-jitted update `(state, x, y, aug_key_data) -> (state, metrics)`.
@@ -25,18 +30,19 @@ def step_function(model: Model, optimizer: optax.GradientTransformation, augment
     `aug_key_data` is `jax.random.key_data(key)` (raw uint32s place on any mesh like
     other arrays)."""
 
-    def loss_fn(params, model_state, x, y):
-        logits, new_model_state = model.apply(params, model_state, x, True)
+    def loss_fn(params, model_state, x, y, rng):
+        logits, new_model_state = model.apply(params, model_state, x, True, rng=rng)
         loss = cross_entropy(logits, y).mean()
         return loss, (new_model_state, wrong(logits, y).astype(jnp.float32).mean())
 
     def step_fn(state, x, y, aug_key_data):
         step = state["step"]
+        aug_key = jax.random.wrap_key_data(aug_key_data)
         if augment:
-            aug_key = jax.random.wrap_key_data(aug_key_data)
             x = crop_and_flip(jax.random.fold_in(aug_key, step), x)
+        rng = jax.random.fold_in(jax.random.fold_in(aug_key, DROPOUT), step)
         (loss, (model_state, error)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], state["model_state"], x, y
+            state["params"], state["model_state"], x, y, rng
         )
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
