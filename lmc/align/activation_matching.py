@@ -32,14 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from lmc.align.calls import called
 from lmc.align.inputs import check_finite, check_same_structure
-from lmc.align.rules import CALL_PRIMITIVES
 from lmc.align.spec import PermutationSpec, check_sizes, identity, nested_units, resolve
 from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_paths
 from lmc.align.weight_matching import solve_assignment
 from lmc.errors import UserError
-
-CALLS = CALL_PRIMITIVES
 
 
 def eval_with_probes(closed, args, wanted: set) -> dict:
@@ -73,17 +71,11 @@ def eval_with_probes(closed, args, wanted: set) -> dict:
         for i, eqn in enumerate(jaxpr.eqns):
             invals = [read(v) for v in eqn.invars]
             here = (*context, i)
-            inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+            call = called(eqn)
             if here in prefixes and eqn.primitive.name == "scan":
                 outs = scan(eqn, invals, here, sink)
-            elif here in prefixes and eqn.primitive.name in CALLS and inner is not None:
-                outs = run(
-                    getattr(inner, "jaxpr", inner),
-                    getattr(inner, "consts", ()),
-                    invals,
-                    here,
-                    sink,
-                )
+            elif here in prefixes and call is not None:
+                outs = run(*call, invals, here, sink)
             else:
                 with eqn.ctx.manager:
                     outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
