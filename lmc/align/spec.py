@@ -412,19 +412,38 @@ def identity(spec: PermutationSpec, tree: Any = None) -> dict[str, jnp.ndarray]:
     }
 
 
-def compose(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
+def compose(
+    outer: Mapping[str, Any], inner: Mapping[str, Any], spec: PermutationSpec | None = None
+) -> dict[str, jnp.ndarray]:
     """`outer` after `inner`: applying the result equals applying `inner`, then `outer`.
 
-    Stacked permutations ((L, n) arrays) compose index by index.
+    Stacked permutations ((L, n) arrays) compose index by index. Nested ones (a row
+    per unit, acting on the unit that lands there) need `spec`: row m of the result
+    is inner's row for the unit outer brings to m, then outer's row m.
     """
-    return {
-        k: jnp.take_along_axis(jnp.asarray(inner[k]), jnp.asarray(outer[k]), axis=-1) for k in outer
-    }
+    units = nested_units(spec) if spec is not None else {}
+    out = {}
+    for k in outer:
+        first = jnp.asarray(inner[k])
+        if k in units:  # inner's rows follow their units under outer's unit perm
+            first = first[jnp.asarray(outer[units[k]])]
+        out[k] = jnp.take_along_axis(first, jnp.asarray(outer[k]), axis=-1)
+    return out
 
 
-def inverse(perms: Mapping[str, Any]) -> dict[str, jnp.ndarray]:
-    """The permutations that undo `perms` (stacked ones index by index)."""
-    return {k: jnp.argsort(jnp.asarray(p), axis=-1) for k, p in perms.items()}
+def inverse(
+    perms: Mapping[str, Any], spec: PermutationSpec | None = None
+) -> dict[str, jnp.ndarray]:
+    """The permutations that undo `perms` (stacked ones index by index; nested ones,
+    given `spec`, with each row moved back to its unit's original position)."""
+    units = nested_units(spec) if spec is not None else {}
+    out = {}
+    for k, p in perms.items():
+        inv = jnp.argsort(jnp.asarray(p), axis=-1)
+        if k in units:  # row g undoes the row of the unit that landed at h^-1[g]
+            inv = inv[jnp.argsort(jnp.asarray(perms[units[k]]))]
+        out[k] = inv
+    return out
 
 
 def random_permutations(spec: PermutationSpec, key, tree: Any = None) -> dict[str, np.ndarray]:
