@@ -46,13 +46,14 @@ BUFFERS = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.mas
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """A loaded checkpoint: `model` (lmc's interface), `tree` ({"params", "model_state"}),
-    the parsed `arch`, the raw `config` (config.json) and the `directory` it came from."""
+    the parsed `arch`, the raw `config` (config.json) and the `directory` it came from
+    (whose tokenizer files `save` copies; None for a fresh `init`)."""
 
     model: object
     tree: dict
     arch: Arch
     config: dict
-    directory: Path
+    directory: Path | None
 
 
 # ---- config.json -> Arch -------------------------------------------------------------
@@ -444,6 +445,23 @@ def load(directory) -> Checkpoint:
     )
 
 
+def init(config: dict, seed: int, tokenizer_dir=None) -> Checkpoint:
+    """A randomly initialized checkpoint of the architecture of `config` (a config.json
+    dict), flax's default initializers with `seed`; `save` copies the tokenizer files
+    of `tokenizer_dir`."""
+    import jax
+
+    from lmc.models import Model
+
+    arch = arch_from_config(config)
+    model = Model(f"hub:{arch.family}", Decoder(arch))
+    params, _ = model.init(jax.random.key(seed), np.zeros((1, 2), np.int32))
+    tree = {"params": jax_to_numpy(params), "model_state": {}}
+    return Checkpoint(
+        model, tree, arch, dict(config), Path(tokenizer_dir) if tokenizer_dir else None
+    )
+
+
 def load_tokenizer(directory):
     """The checkpoint's `tokenizers.Tokenizer` (its tokenizer.json)."""
     from lmc.data.tokenizer import load_tokenizer as load
@@ -459,7 +477,7 @@ def save(directory, tree, like: Checkpoint) -> Path:
 
     params = tree["params"] if isinstance(tree, dict) and "params" in tree else tree
     directory = Path(directory)
-    if directory.resolve() == like.directory.resolve():
+    if like.directory is not None and directory.resolve() == like.directory.resolve():
         raise UserError(f"hub.save: {directory} is the source checkpoint; write elsewhere")
     directory.mkdir(parents=True, exist_ok=True)
     for stale in (*directory.glob("*.safetensors"), directory / INDEX):
@@ -471,7 +489,7 @@ def save(directory, tree, like: Checkpoint) -> Path:
     cfg = {k: v for k, v in like.config.items() if k != "torch_dtype"}
     cfg["dtype"] = "float32"
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_FILES if like.directory is not None else ():
         if (like.directory / name).is_file():
             shutil.copyfile(like.directory / name, directory / name)
     return directory
