@@ -165,3 +165,21 @@ def test_checkpoint_config_mistakes_are_user_errors(checkpoints, tmp_path):
     c = config(tmp, text, [dirs[0], other])
     with pytest.raises(UserError, match="another architecture"):
         run_experiment(c, tmp_path / "w3")
+
+
+def test_tfds_text_is_tokenized_per_example_and_joined_by_the_end_of_document_token():
+    import tensorflow_datasets as tfds
+
+    from lmc.data.text import load_text
+
+    tok = hub.load_tokenizer(FIXTURE)
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = load_text("tfds:lm1b", None, context=8, eval_windows=4, tokenizer=str(FIXTURE))
+        examples = [ex["text"] for ex in tfds.data_source("lm1b", split="train")]
+    want = []
+    for text in examples:
+        want += tok.encode(text, add_special_tokens=False).ids + [tok.token_to_id("<|endoftext|>")]
+    np.testing.assert_array_equal(data.domains[0].train, want)
+    assert data.num_classes == tok.get_vocab_size()
+    with pytest.raises(UserError, match="text:tfds:no_such_dataset: not available"):
+        load_text("tfds:no_such_dataset", None, tokenizer=str(FIXTURE))

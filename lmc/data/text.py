@@ -18,6 +18,8 @@ Sources (all offline):
 - `dir`:   every text file (no NUL byte in its first 8 KiB) under `directory`
            (config.data.dir).
 - `mixed`: code and prose; each training window is code with probability `mix`.
+- `tfds:<name>`: the `text` feature of a prepared TFDS text dataset under
+           `directory` (or $TFDS_DATA_DIR), its own train/test split.
 
 Held-out split by file: a file is a test file iff the SHA-1 of its path relative to
 the corpus root falls in the first `test_fraction` of the hash range, so the split is
@@ -46,7 +48,7 @@ import numpy as np
 
 from lmc.errors import UserError
 
-SOURCES = ("code", "prose", "mixed", "dir")
+SOURCES = ("code", "prose", "mixed", "dir", "tfds:<name>")
 VOCAB = 256
 SEPARATOR = 0
 PROSE_DIR = "/usr/share/doc/python3.11/html/_sources"
@@ -264,11 +266,17 @@ def _read(
         chunks.append(data)
         used.append(rel)
         total += len(data) + 1
+    stream, ratio = _stream(chunks, tokenizer)
+    return stream, tuple(used), ratio
+
+
+def _stream(chunks: list[bytes], tokenizer: str) -> tuple[np.ndarray, float]:
+    """The documents `chunks` as one token stream, and its text bytes per token."""
     if tokenizer:
         stream = _tokenize(chunks, tokenizer)
-        return stream, tuple(used), (total - len(chunks)) / max(len(stream), 1)
+        return stream, sum(len(c) for c in chunks) / max(len(stream), 1)
     joined = b"".join(c + bytes([SEPARATOR]) for c in chunks)
-    return np.frombuffer(joined, np.uint8), tuple(used), 1.0
+    return np.frombuffer(joined, np.uint8), 1.0
 
 
 def _tokenize(chunks: list[bytes], path: str) -> np.ndarray:
@@ -388,6 +396,8 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
         domains, weights = (prose(),), (1.0,)
     elif source == "mixed":
         domains, weights = (code(), prose()), (mix, 1.0 - mix)
+    elif source.startswith("tfds:"):
+        domains, weights = (load_tfds_domain(source[5:], directory, *common[1:]),), (1.0,)
     elif source == "dir":
         if not directory:
             raise UserError("text:dir reads the directory config.data.dir, which is not set")
@@ -400,6 +410,54 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
         )
     return TextDataset(f"text:{source}", domains, weights, context, windows, vocab,
                        tokenizer=tokenizer)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def load_tfds_domain(
+    name: str, data_dir: str | None, max_bytes: int, context: int, tokenizer: str = ""
+) -> Domain:
+    """`text:tfds:<name>`: the `text` feature of a prepared TFDS text dataset (e.g.
+    lm1b, wikitext), each example one document; held out: its `test` split (else
+    `validation`). Read with `tfds.data_source` (no TensorFlow), in the stored order,
+    up to `max_bytes` per split."""
+    import tensorflow_datasets as tfds
+
+    from lmc.data.tfds_source import PREPARE_HINT
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    what = f"text:tfds:{name}"
+    try:
+        splits = tfds.builder(name, data_dir=data_dir).info.splits
+        test_split = "test" if "test" in splits else "validation"
+        sources = tfds.data_source(name, split=["train", test_split], data_dir=data_dir,
+                                   download=False)  # fmt: skip
+    except Exception as e:  # TFDS raises a zoo of types for "not prepared"/"unknown"
+        raise UserError(
+            f"{what}: not available under {data_dir or '~/tensorflow_datasets'} "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}); to " + PREPARE_HINT.format(name=name)
+        ) from None
+    streams = []
+    for split, source in zip(("train", test_split), sources, strict=True):
+        chunks, total = [], 0
+        for i in range(len(source)):
+            if total >= max_bytes:
+                break
+            text = source[i].get("text")
+            if text is None:
+                raise UserError(f"{what}: examples have no 'text' feature ({sorted(source[i])})")
+            data = (text if isinstance(text, bytes) else str(text).encode())[: max_bytes - total]
+            chunks.append(data.replace(b"\0", b""))
+            total += len(data) + 1
+        stream, ratio = _stream(chunks, tokenizer)
+        if len(stream) < context + 2:
+            raise UserError(
+                f"{what}: its {split} split holds {len(stream)} tokens, fewer than one window "
+                f"of config.data.context={context} (+2)"
+            )
+        streams.append((stream, ratio, f"{split} ({len(chunks)} examples)"))
+    (train, r_train, f_train), (test, r_test, f_test) = streams
+    ratio = (r_train * len(train) + r_test * len(test)) / (len(train) + len(test))
+    return Domain(f"tfds:{name}", data_dir or "", train, test, (f_train,), (f_test,), ratio)
 
 
 def _tokenizer(path) -> tuple[str, int]:
