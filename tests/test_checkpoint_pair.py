@@ -165,6 +165,10 @@ def test_checkpoint_config_mistakes_are_user_errors(checkpoints, tmp_path):
     c = config(tmp, text, [dirs[0], other])
     with pytest.raises(UserError, match="another architecture"):
         run_experiment(c, tmp_path / "w3")
+    c = config(tmp, text, dirs)
+    c.experiment = "instability"
+    with pytest.raises(UserError, match="instability experiment trains its own networks"):
+        run_experiment(c, tmp_path / "w4")
 
 
 def test_tfds_text_is_tokenized_per_example_and_joined_by_the_end_of_document_token():

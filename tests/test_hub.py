@@ -116,3 +116,21 @@ def test_bad_checkpoints_are_user_errors_naming_the_culprit(tmp_path):
         hub.load(d)
     with pytest.raises(UserError, match="no tokenizer"):
         hub.load_tokenizer(tmp_path)
+
+
+def test_half_precision_weights_load_as_float32(tmp_path):
+    """A bfloat16 copy of the checkpoint (as most hub models are stored) loads as float32
+    and computes the reference logits to bfloat16 rounding."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "bf16"
+    shutil.copytree(FIXTURES / "gpt_neox", d)
+    tensors = hub.read_tensors(d)
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()},
+              str(d / "model.safetensors"))  # fmt: skip
+    ckpt = hub.load(d)
+    leaf = ckpt.tree["params"]["block0"]["mlp"]["fc1"]["kernel"]
+    assert leaf.dtype == np.float32
+    g = golden("gpt_neox")
+    np.testing.assert_allclose(logits(ckpt, ckpt.tree, g["tokens"]), g["logits"], atol=0.1)
