@@ -200,15 +200,10 @@ def _split(hf, paths, shape, axis_first: bool, heads_major: bool):
     n = len(paths)
 
     def load(t):
-        lead = t.shape[:-1] if not axis_first else t.shape[1:]
-        x = t if not axis_first else np.moveaxis(t, 0, -1)  # (..., n*h*hd)
-        x = (
-            x.reshape(*x.shape[:-1], h, n, hd)
-            if heads_major
-            else x.reshape(*x.shape[:-1], n, h, hd)
-        )
-        parts = np.moveaxis(x, -2 if heads_major else -3, 0)
-        return [p.reshape(*lead, h, hd) for p in parts]
+        x = np.moveaxis(t, 0, -1) if axis_first else t  # (..., n*h*hd): the fused axis last
+        split = (h, n, hd) if heads_major else (n, h, hd)
+        x = x.reshape(*x.shape[:-1], *split)
+        return list(np.moveaxis(x, -2 if heads_major else -3, 0))  # n x (..., h, hd)
 
     def save(leaves):
         x = np.stack(leaves, axis=-2 if heads_major else -3)
