@@ -134,3 +134,18 @@ def test_half_precision_weights_load_as_float32(tmp_path):
     assert leaf.dtype == np.float32
     g = golden("gpt_neox")
     np.testing.assert_allclose(logits(ckpt, ckpt.tree, g["tokens"]), g["logits"], atol=0.1)
+
+
+def test_base_model_names_and_stale_buffers_of_older_gpt2_files_load(tmp_path):
+    """The original GPT-2 checkpoints name tensors without the `transformer.` prefix and
+    carry the causal-mask buffers older transformers saved; both load."""
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "gpt2"
+    shutil.copytree(FIXTURES / "gpt2", d)
+    tensors = {k.removeprefix("transformer."): v for k, v in hub.read_tensors(d).items()}
+    tensors["h.0.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+    save_file(tensors, str(d / "model.safetensors"))
+    ckpt = hub.load(d)
+    g = golden("gpt2")
+    np.testing.assert_allclose(logits(ckpt, ckpt.tree, g["tokens"]), g["logits"], atol=2e-5)
