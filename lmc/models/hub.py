@@ -7,7 +7,7 @@
     hub.save("aligned-b", aligned_tree, like=ckpt)  # loadable by transformers and lmc
 
 Families (config.json `model_type`): `gpt2`, `gpt_neox` (Pythia, PolyPythia) and
-`llama` (and `mistral`-style configs with the same weights). The model is
+`llama` (Llama 2, Llama 3 without rope scaling, TinyLlama, ...). The model is
 `lmc.models.decoder.Decoder`, a flax.linen module behind lmc's `Model` interface, so
 every evaluator, alignment method and experiment takes it; its parameters are a plain
 nested dict in lmc's transformer layout (heads as their own axis, see
@@ -310,7 +310,6 @@ FAMILIES = {
     "gpt2": Family(_gpt2_arch, _gpt2, "transformer."),
     "gpt_neox": Family(_gpt_neox_arch, _gpt_neox, "gpt_neox."),
     "llama": Family(_llama_arch, _llama, "model."),
-    "mistral": Family(_llama_arch, _llama, "model."),
 }
 
 
