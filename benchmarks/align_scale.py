@@ -48,6 +48,49 @@ SHAPES = {
     "mlp_3x4096": ("mlp", dict(width=4096, depth=3)),
     "mlp_3x8192": ("mlp", dict(width=8192, depth=3)),
     "mlp_3x16384": ("mlp", dict(width=16384, depth=3)),
+    # Imported-checkpoint architectures (lmc.models.hub, random init): the config.json
+    # of Pythia-70m / -160m (GPT-NeoX: parallel residual, rotary on a quarter of each
+    # head, untied 50304-token embeddings) and of a small grouped-query Llama.
+    "pythia_70m": (
+        "hub",
+        dict(
+            model_type="gpt_neox",
+            vocab_size=50304,
+            hidden_size=512,
+            num_hidden_layers=6,
+            num_attention_heads=8,
+            intermediate_size=2048,
+            rotary_pct=0.25,
+            max_position_embeddings=2048,
+            use_parallel_residual=True,
+        ),
+    ),
+    "pythia_160m": (
+        "hub",
+        dict(
+            model_type="gpt_neox",
+            vocab_size=50304,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            rotary_pct=0.25,
+            max_position_embeddings=2048,
+            use_parallel_residual=True,
+        ),
+    ),
+    "llama_d512_gqa": (
+        "hub",
+        dict(
+            model_type="llama",
+            vocab_size=32000,
+            hidden_size=512,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            intermediate_size=1408,
+        ),
+    ),
 }
 QUICK = ("lm_d256_l4", "mlp_3x1024")
 DEFAULT = ("lm_d384_l6", "gpt2_small", "mlp_3x1024", "mlp_3x4096")
@@ -88,6 +131,11 @@ def _build(shape: str):
     if kind == "transformer":
         model = models.build("transformer", 256, context=64, **kw)
         x = jnp.zeros((2, 64), jnp.int32)
+    elif kind == "hub":
+        from lmc.models import hub
+
+        model = hub.init(kw, seed=0).model
+        x = jnp.zeros((2, 64), jnp.int32)
     else:
         model = models.build("mlp", 10, **kw)
         x = jnp.zeros((2, 28, 28, 1))
@@ -127,7 +175,7 @@ def _run_method(method: str, kind: str, model, x, ea, eb):
         return align.apply_permutation(spec, perms, eb)["params"], {"sweeps": info["sweeps"]}
     if method == "activation_matching":
         rng = np.random.default_rng(0)
-        if kind == "transformer":
+        if kind in ("transformer", "hub"):
             batches = [rng.integers(0, 256, (16, 64)).astype(np.int32) for _ in range(8)]
         else:
             batches = [rng.normal(size=(256, 28, 28, 1)).astype(np.float32) for _ in range(8)]
@@ -223,7 +271,8 @@ def run(quick: bool, only=None, methods=None, previous=None, timeout=1800.0) -> 
     rows = []
     for shape in shapes:
         kind = SHAPES[shape][0]
-        for method in methods or (TRANSFORMER_METHODS if kind == "transformer" else MLP_METHODS):
+        lm = kind in ("transformer", "hub")
+        for method in methods or (TRANSFORMER_METHODS if lm else MLP_METHODS):
             for label, code in codes:
                 row = run_case(shape, method, code, timeout)
                 row["code"] = label

@@ -115,6 +115,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.width.num_pairs = 1  # pairs of children per width (2 child seeds each)
     c.merge = ml_collections.ConfigDict()
     c.merge.num_models = 3  # merge_many: models merged (one child seed each)
+
+    # Given networks instead of trained ones (pair, merge_many; configs/checkpoint_pair.py):
+    # Hugging Face checkpoint directories (config.json + safetensors) of one architecture,
+    # with config.model.name = "checkpoint". Endpoint i is [a, b, *more][i]; merge_many
+    # merges all of them (config.merge.num_models is then their number).
+    c.checkpoints = ml_collections.ConfigDict()
+    c.checkpoints.a = ""  # endpoint a's checkpoint directory ("": train the endpoints)
+    c.checkpoints.b = ""  # endpoint b's checkpoint directory
+    c.checkpoints.more = ()  # merge_many: further checkpoint directories
     return c
 
 
@@ -132,8 +141,10 @@ def lm_config() -> ml_collections.ConfigDict:
     c.data.mix = 0.5  # text:mixed: probability that a training window is code
     c.data.code_dir = ""  # "" = the Python standard library
     c.data.prose_dir = ""  # "" = /usr/share/doc/python3.11/html/_sources
+    # "" = bytes; a tokenizer.json or a directory with one; "checkpoint": checkpoints.a's
+    c.data.tokenizer = ""  # tokenizer of text data ("": bytes)
 
-    c.model.name = "transformer"  # lmc's byte-level causal LM (or a plug-in)
+    c.model.name = "transformer"  # lmc's byte LM, a plug-in, or "checkpoint" (checkpoints.a's)
     c.model.width = 128  # d_model
     c.model.depth = 2  # transformer blocks
     c.model.heads = 4  # attention heads (width divisible by it)

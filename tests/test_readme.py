@@ -129,3 +129,16 @@ def test_transformer_recipes_example_runs(capsys):
     plain, heads = (float(v) for v in re.search(r"J plain (\S+) -> heads (\S+)", out).groups())
     assert heads >= plain - 1e-3
     assert out.count("same function as B: True") == 2  # orthogonal and learned recipes
+
+
+def test_importing_checkpoints_example_runs(capsys, monkeypatch):
+    """The hub example (tiny GPT-NeoX fixture): the traced spec is invariant and the
+    aligned, exported and reloaded copy computes the original logits."""
+    monkeypatch.chdir(README.parent)
+    text = README.read_text()
+    start = text.index("## Importing checkpoints")
+    section = text[start : text.index("\n## ", start + 1)]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert ": invariant" in out and "same logits: True" in out, out

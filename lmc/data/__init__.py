@@ -40,7 +40,7 @@ def load(name: str, directory: str | None = None, **options) -> Dataset:
         from lmc.data.text import load_text
 
         return load_text(name[len("text:") :], directory, **options)
-    valid = ", ".join((*IMAGE_SOURCES, "tfds:<name>", "text:<code|prose|mixed|dir>"))
+    valid = ", ".join((*IMAGE_SOURCES, "tfds:<name>", "text:<code|prose|mixed|dir|tfds:name>"))
     raise UserError(f"unknown dataset {name!r}; valid datasets: {valid}")
 
 

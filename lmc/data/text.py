@@ -2,6 +2,9 @@
 
 Tokens are the file's raw bytes (vocabulary 256, no tokenizer to download); files are
 joined with a 0 byte, which plain text never contains, as an end-of-document marker.
+With `tokenizer` (a tokenizer.json, or a checkpoint directory holding one; see
+`lmc.data.tokenizer`) each file's text is tokenized instead, files joined with the
+tokenizer's end-of-document token, and `max_bytes` still caps the bytes read.
 A training example is a window of `context` tokens and its next tokens:
 
     x = stream[p : p + context],  y = stream[p + 1 : p + context + 1]
@@ -15,6 +18,8 @@ Sources (all offline):
 - `dir`:   every text file (no NUL byte in its first 8 KiB) under `directory`
            (config.data.dir).
 - `mixed`: code and prose; each training window is code with probability `mix`.
+- `tfds:<name>`: the `text` feature of a prepared TFDS text dataset under
+           `directory` (or $TFDS_DATA_DIR), its own train/test split.
 
 Held-out split by file: a file is a test file iff the SHA-1 of its path relative to
 the corpus root falls in the first `test_fraction` of the hash range, so the split is
@@ -43,7 +48,7 @@ import numpy as np
 
 from lmc.errors import UserError
 
-SOURCES = ("code", "prose", "mixed", "dir")
+SOURCES = ("code", "prose", "mixed", "dir", "tfds:<name>")
 VOCAB = 256
 SEPARATOR = 0
 PROSE_DIR = "/usr/share/doc/python3.11/html/_sources"
@@ -58,10 +63,11 @@ class Domain:
 
     name: str
     root: str
-    train: np.ndarray  # uint8 tokens
+    train: np.ndarray  # tokens: uint8 bytes, or int32 ids of a tokenizer
     test: np.ndarray
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
+    bytes_per_token: float = 1.0  # text bytes per token (both splits)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,6 +81,7 @@ class TextDataset:
     eval_windows: int
     num_classes: int = VOCAB
     augmentable: bool = False
+    tokenizer: str = ""  # "": bytes
     kind: ClassVar[str] = "text"
 
     # ---- the Dataset interface ---------------------------------------------------
@@ -147,6 +154,13 @@ class TextDataset:
 
     # ---- text-specific -------------------------------------------------------------
     @property
+    def bytes_per_token(self) -> float:
+        """Text bytes per token (1 for bytes), weighted over the domains' streams."""
+        tokens = [len(d.train) + len(d.test) for d in self.domains]
+        weighted = sum(d.bytes_per_token * n for d, n in zip(self.domains, tokens, strict=True))
+        return weighted / sum(tokens)
+
+    @property
     def domain_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.domains)
 
@@ -172,6 +186,11 @@ class TextDataset:
                 "test_files": len(d.test_files),
                 "train_tokens": int(len(d.train)),
                 "test_tokens": int(len(d.test)),
+                **(
+                    {"tokenizer": self.tokenizer, "bytes_per_token": round(d.bytes_per_token, 4)}
+                    if self.tokenizer
+                    else {}
+                ),
             }
             for d in self.domains
         }
@@ -228,9 +247,11 @@ def split_files(files: list[str], test_fraction: float) -> tuple[list[str], list
 
 
 def _read(
-    root: Path, files: list[str], max_bytes: int, text_only: bool
-) -> tuple[np.ndarray, tuple]:
-    """Concatenate files (hash order) up to `max_bytes`, 0-separated; skips binary files."""
+    root: Path, files: list[str], max_bytes: int, text_only: bool, tokenizer: str = ""
+) -> tuple[np.ndarray, tuple, float]:
+    """Concatenate files (hash order) up to `max_bytes`, 0-separated (or tokenized and
+    joined by the end-of-document token); skips binary files. Returns the token
+    stream, the files used and the text bytes per token."""
     chunks, used, total = [], [], 0
     for rel in files:
         if total >= max_bytes:
@@ -243,10 +264,34 @@ def _read(
             continue
         data = data.replace(b"\0", b"")[: max_bytes - total]
         chunks.append(data)
-        chunks.append(bytes([SEPARATOR]))
         used.append(rel)
         total += len(data) + 1
-    return np.frombuffer(b"".join(chunks), np.uint8), tuple(used)
+    stream, ratio = _stream(chunks, tokenizer)
+    return stream, tuple(used), ratio
+
+
+def _stream(chunks: list[bytes], tokenizer: str) -> tuple[np.ndarray, float]:
+    """The documents `chunks` as one token stream, and its text bytes per token."""
+    if tokenizer:
+        stream = _tokenize(chunks, tokenizer)
+        return stream, sum(len(c) for c in chunks) / max(len(stream), 1)
+    joined = b"".join(c + bytes([SEPARATOR]) for c in chunks)
+    return np.frombuffer(joined, np.uint8), 1.0
+
+
+def _tokenize(chunks: list[bytes], path: str) -> np.ndarray:
+    """Token ids of each chunk's text, joined by the end-of-document token (if any)."""
+    from lmc.data.tokenizer import eos_id, load_tokenizer
+
+    tok = load_tokenizer(path)
+    eos = eos_id(tok)
+    texts = [c.decode("utf-8", errors="replace") for c in chunks]
+    ids = []
+    for enc in tok.encode_batch(texts, add_special_tokens=False):
+        ids.extend(enc.ids)
+        if eos is not None:
+            ids.append(eos)
+    return np.asarray(ids, np.int32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -258,6 +303,7 @@ def load_domain(
     test_fraction: float,
     max_bytes: int,
     context: int,
+    tokenizer: str = "",
 ) -> Domain:
     """Read one corpus (cached: experiments load the same corpus several times)."""
     path = Path(root).expanduser()
@@ -275,26 +321,28 @@ def load_domain(
             "empty; need at least 2 files (the held-out split is by file)"
         )
     text_only = suffixes is None
-    train, train_used = _read(path, train_files, max_bytes, text_only)
-    test, test_used = _read(path, test_files, max_bytes, text_only)
+    train, train_used, train_ratio = _read(path, train_files, max_bytes, text_only, tokenizer)
+    test, test_used, test_ratio = _read(path, test_files, max_bytes, text_only, tokenizer)
+    unit = "tokens" if tokenizer else "bytes"
     for split, stream in (("training", train), ("test", test)):
         if len(stream) < context + 2:
             raise UserError(
-                f"{what}: the {split} files under {str(path)!r} hold {len(stream)} bytes, fewer "
+                f"{what}: the {split} files under {str(path)!r} hold {len(stream)} {unit}, fewer "
                 f"than one window of config.data.context={context} (+2); add text or lower the "
                 "context"
             )
-    return Domain(name, str(path), train, test, train_used, test_used)
+    ratio = (train_ratio * len(train) + test_ratio * len(test)) / (len(train) + len(test))
+    return Domain(name, str(path), train, test, train_used, test_used, ratio)
 
 
 def load_text(source: str, directory: str | None = None, **options) -> TextDataset:
     """`text:<source>`; options: context, eval_windows, test_fraction, max_bytes, mix,
     code_dir, prose_dir (None or '' means the default)."""
-    unknown = set(options) - set(DEFAULTS) - {"code_dir", "prose_dir"}
+    extra = ("code_dir", "prose_dir", "tokenizer")
+    unknown = set(options) - set(DEFAULTS) - set(extra)
     if unknown:
         raise UserError(
-            f"unknown text data option(s) {sorted(unknown)}; valid: "
-            f"{sorted([*DEFAULTS, 'code_dir', 'prose_dir'])}"
+            f"unknown text data option(s) {sorted(unknown)}; valid: {sorted([*DEFAULTS, *extra])}"
         )
     opts = {k: v if options.get(k) in (None, "") else options[k] for k, v in DEFAULTS.items()}
     context, windows = int(opts["context"]), int(opts["eval_windows"])
@@ -313,7 +361,8 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
         raise UserError(f"config.data.max_bytes must be positive, got {max_bytes}")
     if not 0.0 <= mix <= 1.0:
         raise UserError(f"config.data.mix must be in [0, 1], got {mix}")
-    common = (test_fraction, max_bytes, context)
+    tokenizer, vocab = _tokenizer(options.get("tokenizer"))
+    common = (test_fraction, max_bytes, context, tokenizer)
 
     def pick(kind: str, default: str) -> tuple[str, str]:
         """(root, how the error messages name it) of the code or prose corpus."""
@@ -347,6 +396,8 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
         domains, weights = (prose(),), (1.0,)
     elif source == "mixed":
         domains, weights = (code(), prose()), (mix, 1.0 - mix)
+    elif source.startswith("tfds:"):
+        domains, weights = (load_tfds_domain(source[5:], directory, *common[1:]),), (1.0,)
     elif source == "dir":
         if not directory:
             raise UserError("text:dir reads the directory config.data.dir, which is not set")
@@ -357,4 +408,63 @@ def load_text(source: str, directory: str | None = None, **options) -> TextDatas
             f"unknown text source 'text:{source}'; valid: "
             + ", ".join(f"text:{s}" for s in SOURCES)
         )
-    return TextDataset(f"text:{source}", domains, weights, context, windows)
+    return TextDataset(f"text:{source}", domains, weights, context, windows, vocab,
+                       tokenizer=tokenizer)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def load_tfds_domain(
+    name: str, data_dir: str | None, max_bytes: int, context: int, tokenizer: str = ""
+) -> Domain:
+    """`text:tfds:<name>`: the `text` feature of a prepared TFDS text dataset (e.g.
+    lm1b, wikitext), each example one document; held out: its `test` split (else
+    `validation`). Read with `tfds.data_source` (no TensorFlow), in the stored order,
+    up to `max_bytes` per split."""
+    import tensorflow_datasets as tfds
+
+    from lmc.data.tfds_source import PREPARE_HINT
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    what = f"text:tfds:{name}"
+    try:
+        splits = tfds.builder(name, data_dir=data_dir).info.splits
+        test_split = "test" if "test" in splits else "validation"
+        sources = tfds.data_source(name, split=["train", test_split], data_dir=data_dir,
+                                   download=False)  # fmt: skip
+    except Exception as e:  # TFDS raises a zoo of types for "not prepared"/"unknown"
+        raise UserError(
+            f"{what}: not available under {data_dir or '~/tensorflow_datasets'} "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}); to " + PREPARE_HINT.format(name=name)
+        ) from None
+    streams = []
+    for split, source in zip(("train", test_split), sources, strict=True):
+        chunks, total = [], 0
+        for i in range(len(source)):
+            if total >= max_bytes:
+                break
+            text = source[i].get("text")
+            if text is None:
+                raise UserError(f"{what}: examples have no 'text' feature ({sorted(source[i])})")
+            data = (text if isinstance(text, bytes) else str(text).encode())[: max_bytes - total]
+            chunks.append(data.replace(b"\0", b""))
+            total += len(data) + 1
+        stream, ratio = _stream(chunks, tokenizer)
+        if len(stream) < context + 2:
+            raise UserError(
+                f"{what}: its {split} split holds {len(stream)} tokens, fewer than one window "
+                f"of config.data.context={context} (+2)"
+            )
+        streams.append((stream, ratio, f"{split} ({len(chunks)} examples)"))
+    (train, r_train, f_train), (test, r_test, f_test) = streams
+    ratio = (r_train * len(train) + r_test * len(test)) / (len(train) + len(test))
+    return Domain(f"tfds:{name}", data_dir or "", train, test, (f_train,), (f_test,), ratio)
+
+
+def _tokenizer(path) -> tuple[str, int]:
+    """(the tokenizer's resolved path, its vocabulary size); ("", 256) for bytes."""
+    if not path:
+        return "", VOCAB
+    from lmc.data.tokenizer import load_tokenizer
+
+    resolved = str(Path(str(path)).expanduser().resolve())
+    return resolved, int(load_tokenizer(resolved).get_vocab_size(with_added_tokens=True))

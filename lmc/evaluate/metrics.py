@@ -28,20 +28,22 @@ def perplexity(loss: float) -> float:
     return math.exp(min(float(loss), 700.0))
 
 
-def bits_per_byte(loss: float) -> float:
-    """Nats per byte -> bits per byte (byte-level models: one token is one byte)."""
-    return float(loss) / math.log(2)
+def bits_per_byte(loss: float, bytes_per_token: float = 1.0) -> float:
+    """Nats per token -> bits per byte (byte-level models: one token is one byte; a
+    tokenizer's tokens hold `bytes_per_token` bytes of text on average)."""
+    return float(loss) / math.log(2) / bytes_per_token
 
 
-def language_model_metrics(metrics: dict) -> dict:
+def language_model_metrics(metrics: dict, bytes_per_token: float = 1.0) -> dict:
     """`metrics` plus `<split>_perplexity` and `<split>_bits_per_byte` for every
-    `<split>_loss` (the per-token language-model view of the same numbers)."""
+    `<split>_loss` (the per-token language-model view of the same numbers;
+    `bytes_per_token`: see `bits_per_byte`)."""
     out = dict(metrics)
     for key, value in metrics.items():
         if key.endswith("_loss"):
             split = key[: -len("_loss")]
             out[f"{split}_perplexity"] = perplexity(value)
-            out[f"{split}_bits_per_byte"] = bits_per_byte(value)
+            out[f"{split}_bits_per_byte"] = bits_per_byte(value, bytes_per_token)
     return out
 
 

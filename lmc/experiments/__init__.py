@@ -59,7 +59,23 @@ def validate(config) -> None:
 
     validate_loop_settings(config)
     tracking.validate(config)
+    _given_checkpoints_fit(config)
     module_for(config.experiment).validate(config)
+
+
+# The experiments whose endpoints can be given checkpoints (`config.checkpoints`).
+TAKE_CHECKPOINTS = ("pair", "merge_many")
+
+
+def _given_checkpoints_fit(config) -> None:
+    from lmc.experiments.setup import checkpoint_dirs
+
+    name = ALIASES.get(config.experiment, config.experiment)
+    if checkpoint_dirs(config) and name not in TAKE_CHECKPOINTS:
+        raise UserError(
+            f"config.checkpoints gives checkpoints, but the {name} experiment trains its own "
+            f"networks; given checkpoints go through {' or '.join(TAKE_CHECKPOINTS)}"
+        )
 
 
 def run_experiment(

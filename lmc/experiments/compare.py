@@ -32,7 +32,11 @@ def endpoint_metrics(config, model, dataset, endpoints: dict) -> dict:
     out = {}
     for name, e in endpoints.items():
         metrics = evaluate.evaluate(model.apply, e, dataset, **_eval_kwargs(config))
-        out[name] = language_model_metrics(metrics) if dataset.kind == "text" else metrics
+        out[name] = (
+            language_model_metrics(metrics, dataset.bytes_per_token)
+            if dataset.kind == "text"
+            else metrics
+        )
     return out
 
 

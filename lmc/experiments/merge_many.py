@@ -1,6 +1,7 @@
 """`merge_many`: N models merged into one (Git Re-Basin's MergeMany), for any model family.
 
-Each model is permuted towards the running mean of the others (weight matching over
+The models are trained siblings, or given checkpoints (`config.checkpoints`). Each
+model is permuted towards the running mean of the others (weight matching over
 the traced spec) and the aligned models are averaged. Reported: each model's metrics,
 the plain average of the unaligned weights (the naive merge) and the MergeMany merge.
 BatchNorm models' merged networks get recomputed statistics (RESET) before evaluation.
@@ -21,6 +22,9 @@ from lmc.experiments import setup, tables
 
 
 def num_models(config) -> int:
+    """config.merge.num_models, or the number of given checkpoints (config.checkpoints)."""
+    if setup.checkpoint_dirs(config):
+        return len(setup.checkpoint_dirs(config))
     n = int(config.merge.num_models)
     if n < 2:
         raise UserError(f"config.merge.num_models must be >= 2, got {n}")
@@ -50,7 +54,9 @@ def _metrics(config, model, dataset, endpoint: dict) -> dict:
             stats_batches=int(config.eval.bn_reset_batches), **kwargs,
         )  # fmt: skip
         metrics = {k: v[1] for k, v in curve.items() if k != "alphas"}
-    return language_model_metrics(metrics) if dataset.kind == "text" else metrics
+    if dataset.kind == "text":
+        return language_model_metrics(metrics, dataset.bytes_per_token)
+    return metrics
 
 
 def parent_steps(config) -> list[int]:
@@ -63,8 +69,8 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
 
     dataset = setup.load_data(config)
     model = setup.load_model(config, dataset)
-    ends = training.siblings(config, workdir, model, dataset, range(num_models(config)),
-                             shared=parent)  # fmt: skip
+    ends = setup.endpoints(config, workdir, model, dataset, range(num_models(config)),
+                           shared=parent)  # fmt: skip
     for i, e in enumerate(ends):
         setup.finite_or_raise(e, f"model {i}")
     naive = jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x) for x in xs]), 0), *ends)

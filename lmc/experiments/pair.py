@@ -1,7 +1,8 @@
 """`pair`: two siblings, B aligned to A by each configured method, a curve and barriers each.
 
 Any model on any data: the siblings come from `lmc.training.siblings` (spawned from
-the parent's step `config.spawn.step`, or independent inits), the methods from
+the parent's step `config.spawn.step`, or independent inits), or are two given
+checkpoints (`config.checkpoints`, configs/checkpoint_pair.py); the methods from
 `config.eval.methods`. Outputs: results.json `endpoints` and `methods`, curves.png.
 
     lmc run --config=configs/default.py --workdir=runs/default
@@ -21,7 +22,8 @@ def validate(config) -> None:
     model = setup.load_model(config, dataset)
     validate_methods(config, setup.has_batchnorm(model, dataset))
     training.validate_spawn(config, dataset, [config.spawn.step])
-    training.check_num_children(config, 2, "the pair experiment")
+    if not setup.checkpoint_dirs(config):
+        training.check_num_children(config, 2, "the pair experiment")
 
 
 def parent_steps(config) -> list[int]:
@@ -32,7 +34,7 @@ def parent_steps(config) -> list[int]:
 def run(config, workdir: Path, parent: Path | None = None) -> dict:
     dataset = setup.load_data(config)
     model = setup.load_model(config, dataset)
-    ea, eb = training.siblings(config, workdir, model, dataset, (0, 1), shared=parent)
+    ea, eb = setup.endpoints(config, workdir, model, dataset, (0, 1), shared=parent)
     setup.finite_or_raise(ea, "endpoint a"), setup.finite_or_raise(eb, "endpoint b")
     body = {}
     if dataset.kind == "text":
