@@ -33,22 +33,11 @@ import numpy as np
 import optax
 
 from lmc.align import orthogonal
-from lmc.align.spec import AxisRef, PermutationSpec, get_leaf, set_leaves
+from lmc.align.axes import map_axis
+from lmc.align.spec import PermutationSpec, get_leaf, set_leaves
 from lmc.errors import UserError
 
 Path = tuple[str, ...]
-
-
-def _map_axis(x, m, ref: AxisRef):
-    """x with axis `ref.axis` mapped by m: x[..., j, ...] = sum_i x[..., i, ...] m[i, j];
-    m is (n, n), or (L, n, n) with one map per index of the stacking axis `ref.stack`."""
-    axis = ref.axis % x.ndim
-    if m.ndim == 2:
-        return jnp.moveaxis(jnp.tensordot(x, m, axes=([axis], [0])), -1, axis)
-    stack = ref.stack % x.ndim
-    y = jnp.moveaxis(x, (stack, axis), (0, 1))
-    y = jnp.einsum("lij,li...->lj...", m, y)
-    return jnp.moveaxis(y, (0, 1), (stack, axis))
 
 
 def apply_maps(spec: PermutationSpec, maps: dict, params):
@@ -58,7 +47,7 @@ def apply_maps(spec: PermutationSpec, maps: dict, params):
     for name, m in maps.items():
         for ref in spec.axes[name]:
             x = updates.get(ref.path, get_leaf(params, ref.path))
-            updates[ref.path] = _map_axis(jnp.asarray(x), m, ref)
+            updates[ref.path] = map_axis(jnp.asarray(x), m, ref.axis, ref.stack)
     return set_leaves(params, updates)
 
 
@@ -108,8 +97,11 @@ def _rotation(theta, basis):
 
 def _rotate(roles: orthogonal.Roles, r, params):
     skip = roles.norm_leaves()
-    refs = [AxisRef(path, axis) for path, axis in roles.axes if path not in skip]
-    updates = {ref.path: _map_axis(jnp.asarray(get_leaf(params, ref.path)), r, ref) for ref in refs}
+    updates = {
+        path: map_axis(jnp.asarray(get_leaf(params, path)), r, axis)
+        for path, axis in roles.axes
+        if path not in skip
+    }
     return set_leaves(params, updates)
 
 

@@ -35,6 +35,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from lmc.align.axes import map_axis
 from lmc.align.calls import called
 from lmc.align.spec import Path, PermutationSpec, get_leaf, set_leaves
 from lmc.align.trace import tree_paths
@@ -282,8 +283,7 @@ def rotate(roles: Roles, r: np.ndarray, params):
         if path in skip:
             continue
         x = np.asarray(get_leaf(params, path), np.float64)
-        y = np.tensordot(x, r, axes=([axis], [0]))  # new axis last
-        updates[path] = np.moveaxis(y, -1, axis).astype(np.float32)
+        updates[path] = map_axis(x, r, axis).astype(np.float32)
     return set_leaves(params, updates)
 
 
