@@ -145,6 +145,20 @@ MUTATIONS = [
         ("tests/test_align_weight_matching.py",),
     ),
     Mutation(
+        "axis kernels: nested permutations' row maps applied before their unit's",
+        "lmc/align/axes.py",
+        "sorted(others, key=lambda o: o[3] is not None)",
+        "sorted(others, key=lambda o: o[3] is None)",
+        ("tests/test_align_axes.py",),
+    ),
+    Mutation(
+        "weight matching: a head family's nested costs read with B's heads unpermuted",
+        "lmc/align/nested.py",
+        "total[i, g] += c[i, g][rows, cols].sum(dtype=np.float64)",
+        "total[i, g] += c[i, i][rows, cols].sum(dtype=np.float64)",
+        ("tests/test_align_transformer.py",),
+    ),
+    Mutation(
         "spec rule: transpose ignores its permutation",
         "lmc/align/rules.py",
         'return [tuple(ins[0][p] for p in eqn.params["permutation"])]',
