@@ -16,11 +16,8 @@ with 50 warmup steps and cosine decay, batch 16, 1600 steps per model: the held-
 loss flattens (2.31 at step 200, 1.58 at 1200, 1.51-1.56 at 1600;
 docs/lm_rebasin_loss.png).
 
-Launch (5 min 1 s wall on this project's 2-core x86_64 VM, nearly quiet, with the
-persistent compilation cache of earlier runs: training the two models and aligning
-with the default methods, of which learned matching takes 2-3 minutes; the pairs of
-benchmarks/lm_rebasin_pairs.py trained in 597, 796 and 711 s each with 2-3 other
-jobs beside them):
+Launch (training the two models and aligning with the default methods; wall times
+are in the README's language-model section):
 
     lmc run --config=configs/lm_rebasin.py --workdir=runs/lm_rebasin
     PYTHONPATH=. python benchmarks/lm_rebasin_pairs.py --workdir=/tmp/lm/pairs --pairs=3

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-try:  # LAPJV (Jonker & Volgenant 1987): 2.5x faster than scipy on these dense costs
+try:  # LAPJV (Jonker & Volgenant 1987): faster than scipy on these dense costs
     import lap as _lap
 except ImportError:  # optional speed-up; scipy gives the same optimum
     _lap = None
@@ -80,7 +80,7 @@ JIT_MIN_MACS = 2**26
 # Pad M to a multiple of this on the JAX path, so permutations share compilations.
 PAD_ROWS = 1024
 # NumPy products this small run single-threaded: BLAS thread hand-offs cost more than
-# the product (measured 200x slower with 2 threads on a busy 2-core machine). Decided
+# the product, most of all on a busy machine. Decided
 # per product: one model has both kinds (a transformer's biases and its MLP kernels).
 SMALL_MACS = 2**26
 
@@ -202,8 +202,8 @@ class Group:
 
 def _gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """x[rows] for a (rows, units) view. A column-major view (a leaf's first axis as
-    the units) is gathered along its contiguous axis: 4x faster than fancy indexing
-    across the strides at 4096 x 4096."""
+    the units) is gathered along its contiguous axis, not by fancy indexing across
+    the strides (the README's alignment-at-size section has the measurement)."""
     if not x.flags.c_contiguous and x.T.flags.c_contiguous:
         return np.take(x.T, rows, axis=1).T
     return np.take(x, rows, axis=0)
