@@ -27,19 +27,17 @@ CALL_PRIMITIVES = (
 _PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
-def called(eqn) -> tuple[Any, tuple] | None:
-    """(jaxpr, consts) of the program a call equation runs, or None if `eqn` is not a
-    call (or hides its program)."""
-    if eqn.primitive.name not in CALL_PRIMITIVES:
-        return None
-    inner = next((eqn.params[k] for k in _PARAMS if eqn.params.get(k) is not None), None)
-    if inner is None:
-        return None
-    return getattr(inner, "jaxpr", inner), tuple(getattr(inner, "consts", ()))
-
-
 def called_closed(eqn):
-    """The called program as the equation stores it (a ClosedJaxpr or a Jaxpr), or None."""
+    """The called program as the equation stores it (a ClosedJaxpr or a Jaxpr), or None
+    if `eqn` is not a call (or hides its program)."""
     if eqn.primitive.name not in CALL_PRIMITIVES:
         return None
     return next((eqn.params[k] for k in _PARAMS if eqn.params.get(k) is not None), None)
+
+
+def called(eqn) -> tuple[Any, tuple] | None:
+    """(jaxpr, consts) of the program a call equation runs, or None."""
+    inner = called_closed(eqn)
+    if inner is None:
+        return None
+    return getattr(inner, "jaxpr", inner), tuple(getattr(inner, "consts", ()))
