@@ -21,6 +21,7 @@ assignment. With activations fixed this maximizes the summed correlation exactly
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 import warnings
@@ -234,6 +235,8 @@ def activation_matching(
     check_finite(tree_a, "params_a")
     check_finite(tree_b, "params_b")
 
+    # On the device once: host arrays would be copied again by every step.
+    tree_a, tree_b = jax.device_put((tree_a, tree_b))
     nested = bool(nested_units(spec))
     steps: dict = {}  # one traced program (and jitted step) per input shape
 
@@ -256,6 +259,8 @@ def activation_matching(
         if not sites:
             break
         stats = step(_zero_stats(spec, sites) if stats is None else stats, tree_a, tree_b, x)
+        # One step in flight: every queued step would hold its own activations.
+        jax.block_until_ready(stats)
         count += 1
     sizes = check_sizes(*resolve(spec, tree_a))
     if not stats:
@@ -411,7 +416,7 @@ def _make_step(analysis, sites, spec, tree, x):
     sites = {name: [e for e in entries if keep(name, e)] for name, entries in sites.items()}
     sites = {name: entries for name, entries in sites.items() if entries}
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)  # statistics updated in place
     def step(stats, tree_a, tree_b, x):
         fa, fb = probe(tree_a, x), probe(tree_b, x)
         new = {}
