@@ -95,22 +95,3 @@ def _value(base, pair_costs, perms, unit) -> float:
         p = np.asarray(perms[w])
         value += sum(c[i, u[i]][np.arange(p.shape[1]), p[i]].sum(dtype=np.float64) for i in heads)
     return float(value)
-
-
-def lift(plain: PermutationSpec, spec: PermutationSpec, perms) -> dict[str, np.ndarray]:
-    """Permutations of the plain spec as a starting point in the nested one.
-
-    Names are matched by the axes they act on (the same traced classes); a shared
-    within-head permutation becomes the same permutation for every head."""
-    by_ref = {(r.path, r.axis, r.inner): name for name, refs in plain.axes.items() for r in refs}
-    out = {}
-    for name, refs in spec.axes.items():
-        found = {by_ref.get((r.path, r.axis, r.inner)) for r in refs} - {None}
-        if len(found) != 1:
-            raise UserError(
-                f"permutation {name!r} does not correspond to one permutation of the plain "
-                f"spec (found {sorted(found) or 'none'}); were both traced from one model?"
-            )
-        p = np.asarray(perms[found.pop()])
-        out[name] = np.broadcast_to(p, spec.shape(name)).copy()
-    return out

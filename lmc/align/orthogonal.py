@@ -29,15 +29,17 @@ permutation, restricted to the complement of the ones direction).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from lmc.align.axes import map_axis
+from lmc.align.axes import map_axis, unit_rows
 from lmc.align.calls import called
 from lmc.align.spec import Path, PermutationSpec, get_leaf, set_leaves
+from lmc.align.threads import blas_threads, single_threaded
 from lmc.align.trace import tree_paths
 from lmc.errors import UserError
 
@@ -261,53 +263,79 @@ def to_rmsnorm(roles: Roles, params):
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _complement_cached(d: int) -> np.ndarray:
+    with single_threaded():
+        q, _ = np.linalg.qr(np.concatenate([np.ones((d, 1)), np.eye(d)[:, : d - 1]], axis=1))
+    q = q[:, 1:]
+    q.flags.writeable = False
+    return q
+
+
 def _complement(d: int) -> np.ndarray:
-    """An orthonormal basis (d, d-1) of the vectors orthogonal to the ones vector."""
-    q, _ = np.linalg.qr(np.concatenate([np.ones((d, 1)), np.eye(d)[:, : d - 1]], axis=1))
-    return q[:, 1:]
+    """An orthonormal basis (d, d-1) of the vectors orthogonal to the ones vector
+    (a QR of a d x d matrix: computed once per d, the rounds reuse it)."""
+    return _complement_cached(d)
 
 
 def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
     """A random orthogonal (d, d) matrix with R 1 = 1."""
     q = _complement(d)
-    m, _ = np.linalg.qr(rng.normal(size=(d - 1, d - 1)))
-    return q @ m @ q.T + np.ones((d, d)) / d
+    with single_threaded():
+        m, _ = np.linalg.qr(rng.normal(size=(d - 1, d - 1)))
+        return q @ m @ q.T + np.ones((d, d)) / d
 
 
 def rotate(roles: Roles, r: np.ndarray, params):
     """Every residual axis x[..., j, ...] -> sum_j x[..., j, ...] R[j, i] (norm params,
-    all ones/zeros after folding, are left alone)."""
+    all ones/zeros after folding, are left alone). float32, like the params."""
     skip = roles.norm_leaves()
+    r = np.asarray(r, np.float32)
     updates = {}
     for path, axis in roles.axes:
         if path in skip:
             continue
-        x = np.asarray(get_leaf(params, path), np.float64)
-        updates[path] = map_axis(x, r, axis).astype(np.float32)
+        x = np.asarray(get_leaf(params, path), np.float32)
+        with blas_threads(x.size * len(r)):
+            updates[path] = map_axis(x, r, axis)
     return set_leaves(params, updates)
 
 
-def procrustes_residual(roles: Roles, folded_a, folded_b) -> np.ndarray:
-    """The R (R 1 = 1) maximizing sum over residual axes of <W_a, R(W_b)>."""
+def residual_cost(roles: Roles, folded_a, folded_b) -> np.ndarray:
+    """C[i, j] = sum over the residual axes of <A_i, B_j> (float32 products, summed in
+    float64): the cost weight matching builds for the residual permutation."""
     skip = roles.norm_leaves()
-    d = None
     cost = None
     for path, axis in roles.axes:
         if path in skip:
             continue
-        a = np.moveaxis(np.asarray(get_leaf(folded_a, path), np.float64), axis, 0)
-        b = np.moveaxis(np.asarray(get_leaf(folded_b, path), np.float64), axis, 0)
-        d = a.shape[0]
-        c = a.reshape(d, -1) @ b.reshape(d, -1).T  # c[i, j] = <A_i, B_j>
-        cost = c if cost is None else cost + c
+        a = np.asarray(get_leaf(folded_a, path), np.float32)
+        b = np.asarray(get_leaf(folded_b, path), np.float32)
+        d = a.shape[axis]
+        with blas_threads(a.size * d):
+            c = unit_rows(a, ((axis % a.ndim, d, 1),)).T @ unit_rows(b, ((axis % b.ndim, d, 1),))
+        cost = c.astype(np.float64) if cost is None else cost + c
+    return cost
+
+
+def best_rotation(cost: np.ndarray) -> np.ndarray:
+    """The R (R 1 = 1) maximizing tr(C R) = sum over residual axes of <W_a, R(W_b)>."""
+    d = len(cost)
     q = _complement(d)
-    u, _, vt = np.linalg.svd(q.T @ cost @ q)
-    # maximize tr(C R) with R = Q M Q^T + 11^T/d: M = V U^T of SVD(Q^T C Q)
-    m = vt.T @ u.T
-    return q @ m @ q.T + np.ones((d, d)) / d
+    with single_threaded():  # d x d: small (see lmc.align.threads)
+        u, _, vt = np.linalg.svd(q.T @ cost @ q)
+        # maximize tr(C R) with R = Q M Q^T + 11^T/d: M = V U^T of SVD(Q^T C Q)
+        m = vt.T @ u.T
+        return q @ m @ q.T + np.ones((d, d)) / d
+
+
+def procrustes_residual(roles: Roles, folded_a, folded_b) -> np.ndarray:
+    """The R (R 1 = 1) maximizing sum over residual axes of <W_a, R(W_b)>."""
+    return best_rotation(residual_cost(roles, folded_a, folded_b))
 
 
 def objective(roles: Roles, folded_a, folded_b) -> float:
+    """sum over the residual-stream leaves of <W_a, W_b> (float64)."""
     skip = roles.norm_leaves()
     return float(
         sum(
@@ -326,9 +354,10 @@ def check_rotation(fn, roles: Roles, params, *args, seed: int = 0, rtol: float =
     folded = fold(roles, params)
     d = np.shape(get_leaf(params, roles.norms[0].scale))[0]
     rotated = rotate(roles, random_rotation(d, np.random.default_rng(seed)), folded)
-    want = np.asarray(jax.jit(fn)(params, *args), np.float64)
-    got_fold = np.asarray(jax.jit(fn)(folded, *args), np.float64)
-    got = np.asarray(jax.jit(fn)(rotated, *args), np.float64)
+    run = jax.jit(fn)  # one compilation for the three evaluations
+    want = np.asarray(run(params, *args), np.float64)
+    got_fold = np.asarray(run(folded, *args), np.float64)
+    got = np.asarray(run(rotated, *args), np.float64)
     scale = max(1.0, float(np.abs(want).max()))
     change = max(float(np.abs(got - want).max()), float(np.abs(got_fold - want).max())) / scale
     if change > rtol:
@@ -341,27 +370,48 @@ def check_rotation(fn, roles: Roles, params, *args, seed: int = 0, rtol: float =
 
 
 def weight_matching_orthogonal(
-    spec: PermutationSpec, roles: Roles, params_a, params_b, *, key=None, init=None, rounds=3
+    spec: PermutationSpec,
+    roles: Roles,
+    params_a,
+    params_b,
+    *,
+    key=None,
+    init=None,
+    rounds=3,
+    restarts: int = 1,
+    max_iter: int = 100,
 ):
     """Permutations of `spec` plus a rotation of the residual stream, on folded models.
 
-    Alternates weight matching over `spec` (any class: plain or nested) with the
-    Procrustes rotation of the residual stream, each step raising J on the folded
-    weights; the rotation starts from the permutation weight matching found (a
-    permutation matrix fixes the ones vector). Returns (B aligned in A's gauge,
-    info with J after each round)."""
+    Alternates weight matching over `spec` (any class: plain or nested; the first
+    round with `restarts` visiting orders, or from `init`) with the Procrustes
+    rotation of the residual stream, each step raising J on the folded weights; the
+    rotation starts from the permutation weight matching found (a permutation matrix
+    fixes the ones vector). Returns (B aligned in A's gauge, info: `objective`, J
+    after each round; `sweeps` and `restart_objectives` of the first round)."""
     from lmc.align.spec import apply_permutation
     from lmc.align.weight_matching import weight_matching
 
     key = jax.random.key(0) if key is None else key
     fa, fb = fold(roles, params_a), fold(roles, params_b)
-    objectives, current = [], fb
+    # J after a rotation is tr(C R) when no leaf has two residual axes (the usual case):
+    # no pass over the weights to compute it.
+    paths = [p for p, _ in roles.axes]
+    linear = len(paths) == len(set(paths))
+    info = {"objective": [], "rounds": int(rounds)}
+    current = fb
     for i in range(int(rounds)):
-        perms, _ = weight_matching(
-            spec, fa, current, key=jax.random.fold_in(key, i), init=init if i == 0 else None
-        )
+        perms, wm = weight_matching(
+            spec, fa, current, key=jax.random.fold_in(key, i), init=init if i == 0 else None,
+            restarts=int(restarts) if i == 0 else 1, max_iter=max_iter,
+        )  # fmt: skip
+        if i == 0:
+            info.update(sweeps=wm["sweeps"], restart_objectives=wm.get("restart_objectives", []))
         current = apply_permutation(spec, perms, current)
-        r = procrustes_residual(roles, fa, current)
+        cost = residual_cost(roles, fa, current)
+        r = best_rotation(cost)
         current = rotate(roles, r, current)
-        objectives.append(objective(roles, fa, current))
-    return unfold(roles, current, params_a), {"objective": objectives, "rounds": int(rounds)}
+        info["objective"].append(
+            float(np.trace(cost @ r)) if linear else objective(roles, fa, current)
+        )
+    return unfold(roles, current, params_a), info

@@ -14,13 +14,15 @@ module); `tree_a`/`tree_b` are combined trees {"params": ..., "model_state": ...
 `x` is an example input (a batch of token ids for a language model). Both return
 B's combined tree aligned to A (the same function as B) and an info dict.
 
-- `weight_matching_heads`: plain weight matching with `restarts` visiting orders (its
-  objective has many local optima on attention layers), lifted to the richer class
-  with nested units (heads permuted as units, each head with its own query/key and
-  value/output permutations) and refined there.
-- `weight_matching_orthogonal`: `weight_matching_heads`, then rounds of the
-  orthogonal residual-stream map (Procrustes on the models with their norms' gains
-  folded into the readers) alternated with weight matching (`lmc.align.orthogonal`).
+- `weight_matching_heads`: weight matching over the richer class with nested units
+  (heads permuted as units, each head with its own query/key and value/output
+  permutations), in `restarts` visiting orders (the objective has many local optima
+  on attention layers). One descent over the nested spec reaches a higher J than
+  plain weight matching lifted to it and refined (trained LM pairs of
+  `configs/lm_rebasin.py`, compared in the README's alignment-at-size section).
+- `weight_matching_orthogonal`: rounds of weight matching over the same nested class
+  alternated with the orthogonal residual-stream map (Procrustes), on the models
+  with their norms' gains folded into the readers (`lmc.align.orthogonal`).
   Needs a pre-norm model whose residual stream is rotation-symmetric; checked
   numerically, a UserError otherwise.
 - `learned_matching`: `weight_matching_orthogonal`, then orthogonal maps of every
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import jax
 
-from lmc.align import learned, nested, orthogonal
+from lmc.align import learned, orthogonal
 from lmc.align.spec import PermutationSpec, apply_permutation, nested_units
 from lmc.align.trace import specs_from_model
 from lmc.align.weight_matching import weight_matching
@@ -56,15 +58,8 @@ def _eval_fn(model, tree_a):
     return lambda params, x: model.apply(params, state, x, False)[0]
 
 
-def weight_matching_heads(
-    model, tree_a, tree_b, example_input, *, key=None, max_iter: int = 100, restarts=RESTARTS
-):
-    """B aligned to A over heads and per-head permutations; returns (tree, info).
-
-    info: `spec` (the nested spec) and `perms`, `sweeps`, `restart_objectives`,
-    `objective_plain` and `objective_heads` (J before and after the refinement)."""
-    model = _model(model)
-    key = jax.random.key(0) if key is None else key
+def _nested_specs(model, example_input):
+    """(plain spec, nested spec) of the model; a UserError without attention heads."""
     plain, spec = specs_from_model(model, example_input)
     if not nested_units(spec):
         raise UserError(
@@ -72,21 +67,30 @@ def weight_matching_heads(
             "nested units (attention heads): every permutation of this model's traced spec "
             "is plain; use weight_matching"
         )
+    return plain, spec
+
+
+def weight_matching_heads(
+    model, tree_a, tree_b, example_input, *, key=None, max_iter: int = 100, restarts=RESTARTS
+):
+    """B aligned to A over heads and per-head permutations; returns (tree, info).
+
+    One weight matching over the nested spec, from the identity, in `restarts`
+    visiting orders (the best kept). info: `spec` (the nested spec), `plain_spec`,
+    `perms`, `sweeps`, `restart_objectives` and `objective_heads` (the final J)."""
+    model = _model(model)
+    key = jax.random.key(0) if key is None else key
+    plain, spec = _nested_specs(model, example_input)
     perms, info = weight_matching(
-        plain, tree_a, tree_b, key=key, max_iter=int(max_iter), restarts=int(restarts)
-    )
-    init = nested.lift(plain, spec, perms)
-    perms, nested_info = weight_matching(
-        spec, tree_a, tree_b, key=key, max_iter=int(max_iter), init=init
+        spec, tree_a, tree_b, key=key, max_iter=int(max_iter), restarts=int(restarts)
     )
     return apply_permutation(spec, perms, tree_b), {
         "spec": spec,
         "plain_spec": plain,
         "perms": perms,
-        "sweeps": int(info["sweeps"]) + int(nested_info["sweeps"]),
+        "sweeps": int(info["sweeps"]),
         "restart_objectives": info.get("restart_objectives", []),
-        "objective_plain": float(info["objective"][-1]),
-        "objective_heads": float(nested_info["objective"][-1]),
+        "objective_heads": float(info["objective"][-1]),
     }
 
 
@@ -101,30 +105,35 @@ def weight_matching_orthogonal(
     restarts=RESTARTS,
     rounds: int = 3,
 ):
-    """`weight_matching_heads`, then `rounds` of the orthogonal residual map alternated
-    with weight matching; returns (tree, info).
+    """Weight matching over heads and per-head permutations alternated with the
+    orthogonal residual map, `rounds` times, on the models with their norms' gains
+    folded into the readers (the first round's matching in `restarts` visiting
+    orders); returns (tree, info).
 
-    info adds `objective_orthogonal` (J of the folded models after each round), and
-    `params_spec` / `roles` (the nested spec over the params and the residual stream's
-    norms), which `learned_matching` continues from."""
+    info: `spec` (the nested spec), `plain_spec`, `sweeps` and `restart_objectives`
+    of the first round, `objective_orthogonal` (J of the folded models after each
+    round), and `params_spec` / `roles` (the nested spec over the params and the
+    residual stream's norms), which `learned_matching` continues from."""
     model = _model(model)
     key = jax.random.key(0) if key is None else key
-    _, info = weight_matching_heads(
-        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts
-    )
-    spec = info["spec"]
+    plain, spec = _nested_specs(model, example_input)
     fn = _eval_fn(model, tree_a)
-    plain = info["plain_spec"]
     pspec = spec.subtree("params") if spec.is_combined() else spec
     roles = orthogonal.roles(fn, plain.subtree("params"), tree_a["params"], example_input)
     orthogonal.check_rotation(fn, roles, tree_a["params"], example_input)
     params_b, orth = orthogonal.weight_matching_orthogonal(
-        pspec, roles, tree_a["params"], tree_b["params"], key=key, init=dict(info["perms"]),
-        rounds=rounds,
+        pspec, roles, tree_a["params"], tree_b["params"], key=key, rounds=rounds,
+        restarts=restarts, max_iter=max_iter,
     )  # fmt: skip
-    info.update(
-        objective_orthogonal=[float(v) for v in orth["objective"]], params_spec=pspec, roles=roles
-    )
+    info = {
+        "spec": spec,
+        "plain_spec": plain,
+        "sweeps": int(orth["sweeps"]),
+        "restart_objectives": orth["restart_objectives"],
+        "objective_orthogonal": [float(v) for v in orth["objective"]],
+        "params_spec": pspec,
+        "roles": roles,
+    }
     return {"params": params_b, "model_state": tree_b["model_state"]}, info
 
 

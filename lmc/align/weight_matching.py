@@ -41,7 +41,6 @@ at GPT-2 size: `python benchmarks/align_scale.py` (numbers in the README).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 import warnings
@@ -63,6 +62,7 @@ from lmc.align.axes import row_map, unit_rows
 from lmc.align.inputs import check_finite, check_same_structure, flat
 from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, permute_leaf, resolve
 from lmc.align.stacked import restack, unstack_perms, unstack_spec, unstack_tree
+from lmc.align.threads import blas_threads
 from lmc.errors import UserError
 
 # Up to this fraction of changed rows a low-rank update is cheaper than a full product
@@ -79,10 +79,6 @@ BACKEND = "auto"
 JIT_MIN_MACS = 2**26
 # Pad M to a multiple of this on the JAX path, so permutations share compilations.
 PAD_ROWS = 1024
-# NumPy products this small run single-threaded: BLAS thread hand-offs cost more than
-# the product, most of all on a busy machine. Decided
-# per product: one model has both kinds (a transformer's biases and its MLP kernels).
-SMALL_MACS = 2**26
 
 
 @jax.jit
@@ -142,26 +138,6 @@ class Memo:
         if key not in self.answers:
             self.answers[key] = solve_assignment(cost)
         return self.answers[key].copy()
-
-
-_CONTROLLER = None
-
-
-def _single_threaded_blas():
-    """Context: host BLAS on one thread (no-op without threadpoolctl)."""
-    global _CONTROLLER
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # optional: only speed depends on it
-        return contextlib.nullcontext()
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()  # scanning the loaded libraries is slow: once
-    return _CONTROLLER.limit(limits=1, user_api="blas")
-
-
-def _blas_threads(macs: int):
-    """Context for one host product of `macs` multiply-adds: one BLAS thread if small."""
-    return _single_threaded_blas() if macs < SMALL_MACS else contextlib.nullcontext()
 
 
 def _use_jax() -> bool:
@@ -306,7 +282,7 @@ class Problem:
             total = None
             for e, r in zip(group.entries, rows, strict=True):
                 a, b = self.rows_a(e), self.rows_b(e)
-                with _blas_threads(a.size * a.shape[1]):
+                with blas_threads(a.size * a.shape[1]):
                     part = a.T @ (_gather_rows(b, r) if e.others else b)
                 total = part if total is None else total + part
             return total
@@ -322,7 +298,7 @@ class Problem:
             changed = np.flatnonzero(o != r)
             if changed.size:
                 a, b = self.rows_a(e)[changed], self.rows_b(e)
-                with _blas_threads(a.size * a.shape[1]):
+                with blas_threads(a.size * a.shape[1]):
                     part += a.T @ (b[r[changed]] - b[o[changed]])
         return part
 

@@ -142,7 +142,13 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
 
 def heads_info(info: dict) -> dict:
     """The results.json entries of `align.weight_matching_heads`' info."""
-    keys = ("sweeps", "restart_objectives", "objective_plain", "objective_heads")
+    keys = ("sweeps", "restart_objectives", "objective_heads")
+    return {k: info[k] for k in keys}
+
+
+def orthogonal_info(info: dict) -> dict:
+    """The results.json entries of `align.weight_matching_orthogonal`'s info."""
+    keys = ("sweeps", "restart_objectives", "objective_orthogonal")
     return {k: info[k] for k in keys}
 
 
@@ -154,8 +160,7 @@ def orthogonal_matching(config, model, dataset, ea, eb, key, t0):
         model, ea, eb, dataset.train_x[:2], key=key, max_iter=int(config.align.max_iter),
         restarts=WM_RESTARTS,
     )  # fmt: skip
-    extra = heads_info(info)
-    extra["objective_orthogonal"] = info["objective_orthogonal"]
+    extra = orthogonal_info(info)
     extra["align_s"] = round(time.perf_counter() - t0, 3)
     return aligned, extra
 
@@ -176,8 +181,7 @@ def learned(config, model, dataset, ea, eb, key, t0):
     losses = info["losses"]
     tail = max(1, len(losses) // 10)
     return aligned, {
-        **heads_info(info), "objective_orthogonal": info["objective_orthogonal"],
-        "steps": info["steps"], "learned_classes": info["classes"],
+        **orthogonal_info(info), "steps": info["steps"], "learned_classes": info["classes"],
         "path_loss_first": losses[0] if losses else None,
         "path_loss_last": float(np.mean(losses[-tail:])) if losses else None,
         "align_s": round(time.perf_counter() - t0, 3),
