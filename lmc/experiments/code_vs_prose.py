@@ -1,6 +1,6 @@
 """`code_vs_prose`: can a code model and a prose model be averaged into one?
 
-A parent transformer LM is trained on a code+prose mixture (`text:mixed`). At each
+A parent language model is trained on a code+prose mixture (`text:mixed`). At each
 spawn step k of `config.instability.spawn_steps` it is forked: child A continues on code only,
 child B on prose only, both to the same total step count N. Every model is evaluated
 on held-out code and held-out prose (per-token loss, perplexity, bits per byte,

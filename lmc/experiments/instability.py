@@ -11,7 +11,7 @@ network is "stable" from step k on when the mean test-error barrier stays at or 
 Layout: parent/, k<k>/child_<i>/ (children 2j and 2j+1 form pair j, seeds from
 config.spawn.child_seeds). Outputs: results.json `points`, barrier_vs_k.png.
 
-    lmc run --config=configs/instability_mlp_fashion_mnist.py --workdir=runs/instab
+    lmc run --config=configs/instability_lm.py --workdir=runs/instab  # or any configs/instability_*.py
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ from lmc.experiments import compare, setup, tables
 from lmc.experiments.methods import validate_methods
 
 SWEEP_KEY = "width"
-# Widths that are unit counts (an integer after scaling); the others are multipliers.
-INTEGER_WIDTHS = ("mlp", "cnn", "resnet20", "transformer")
 
 
 def multipliers(config) -> list[float]:
@@ -33,10 +31,8 @@ def scaled(config, multiplier: float):
     c = copy.deepcopy(config)
     with c.unlocked():
         width = c.model.width * multiplier
-        # A plug-in's width is a unit count when its config gives an integer.
-        plugin_units = models.is_plugin(c.model.name) and isinstance(c.model.width, int)
-        integer = c.model.name in INTEGER_WIDTHS or plugin_units
-        c.model.width = int(round(width)) if integer else width
+        units = models.width_counts_units(c.model.name, c.model.width)
+        c.model.width = int(round(width)) if units else width
     return c
 
 
