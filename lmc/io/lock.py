@@ -30,7 +30,7 @@ thread may be behind, e.g. right after the process was resumed from a suspension
 CLI exits with `EXIT_LOCK_LOST` (4). What is not covered: a write already under way
 when the process was suspended completes when it resumes.
 
-The lease: `lease_s` (120 s by default; the environment variable `LMC_LOCK_LEASE_S`
+The lease: `lease_s` (by default 120 s; the environment variable `LMC_LOCK_LEASE_S`
 overrides the default, e.g. longer for hosts that are suspended for minutes).
 
 Multi-process runs: only the writer (process 0) takes the lock (`writer=`).
