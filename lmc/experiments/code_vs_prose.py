@@ -39,14 +39,14 @@ import jax
 import numpy as np
 
 from lmc import evaluate, training
-from lmc import io as lmc_io
 from lmc.errors import UserError
 from lmc.evaluate import barriers
 from lmc.evaluate.metrics import domain_metrics
-from lmc.experiments import methods as methods_lib
-from lmc.experiments import setup, tables
+from lmc.experiments.common import methods as methods_lib
+from lmc.experiments.common import setup, tables
 from lmc.experiments.instability import spawn_steps
-from lmc.io import write_bytes_atomic
+from lmc.runtime import io as lmc_io
+from lmc.runtime.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

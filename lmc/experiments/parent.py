@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmc import training
 from lmc.errors import UserError
-from lmc.experiments import setup, tables
+from lmc.experiments.common import setup, tables
 from lmc.experiments.instability import spawn_steps
 
 
