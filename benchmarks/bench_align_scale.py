@@ -3,8 +3,8 @@
 Runs `benchmarks/align_scale.py` cases (each in a fresh subprocess). Every method is
 reported beside plain weight matching on the same shape, in the same run: "ours" is
 the method's time, "baseline" plain weight matching's, so `ratio` < 1 says how many
-times plain weight matching's time the method takes (the issue's bars: heads within
-1.5x of plain, orthogonal within 3x). The detail has the peak memory over one model's
+times plain weight matching's time the method takes (the issue's bars: the heads
+method at most 1.5x plain's time, orthogonal at most 3x). The detail has the peak memory over one model's
 float32 bytes and the objective. Quick: the 3.3M-parameter transformer and a 3x1024
 MLP; full: GPT-2 small's shape and a 3x4096 MLP.
 """

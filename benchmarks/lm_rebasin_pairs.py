@@ -29,7 +29,7 @@ import numpy as np
 
 from configs.lm_rebasin import get_config
 from lmc import training
-from lmc.experiments import compare, setup
+from lmc.experiments.common import compare, setup
 
 DEFAULT_METHODS = (
     "naive",
@@ -161,7 +161,7 @@ def pair_config(config, p: int):
 
 def endpoints_at(config, model, dataset, pair_dir: Path, step: int) -> list[dict]:
     """The two children's endpoints at checkpoint `step` (a clear error if not kept)."""
-    from lmc.checkpoint import Checkpointer
+    from lmc.runtime.checkpoint import Checkpointer
     from lmc.training import state as state_lib
     from lmc.training.siblings import child_seeds
 

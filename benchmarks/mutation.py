@@ -174,7 +174,7 @@ MUTATIONS = [
     ),
     Mutation(
         "pair: the curve is measured on the unaligned B (alignment wiring)",
-        "lmc/experiments/compare.py",
+        "lmc/experiments/common/compare.py",
         "model.apply, ea, aligned, dataset,",
         "model.apply, ea, eb, dataset,",
         (
@@ -238,7 +238,7 @@ MUTATIONS = [
     ),
     Mutation(
         "RESET: one statistics batch instead of config.eval.bn_reset_batches",
-        "lmc/experiments/compare.py",
+        "lmc/experiments/common/compare.py",
         "stats_batches=int(config.eval.bn_reset_batches),",
         "stats_batches=1,",
         (
@@ -286,8 +286,8 @@ MUTATIONS = [
         (f"{INPUTS_TRAINING}::test_independent_children_take_every_seed_from_child_seeds",),
     ),
     Mutation(
-        "instability: pair j is children (j, j+1) instead of (2j, 2j+1)",
-        "lmc/experiments/instability.py",
+        "sweeps: pair j is children (j, j+1) instead of (2j, 2j+1)",
+        "lmc/experiments/common/sweep.py",
         "*ends[2 * j : 2 * j + 2]",
         "*ends[j : j + 2]",
         (
@@ -340,7 +340,7 @@ MUTATIONS = [
     ),
     Mutation(
         "pair curves: the train split is every training row, not eval.train_subset",
-        "lmc/experiments/compare.py",
+        "lmc/experiments/common/compare.py",
         '"train_subset": int(config.eval.train_subset) or None,',
         '"train_subset": None,',
         (
@@ -359,14 +359,14 @@ MUTATIONS = [
     ),
     Mutation(
         "lock loss ignored: a run whose workdir lock was taken over keeps writing",
-        "lmc/io/lock.py",
+        "lmc/runtime/io/lock.py",
         "        if self.lost:\n            raise LockLost(_lost_message(self, path))",
         "        if False:\n            raise LockLost(_lost_message(self, path))",
         ("tests/test_lock_lost.py",),
     ),
     Mutation(
         "lock lease: a write after a suspension does not renew (and so check) the lock",
-        "lmc/io/lock.py",
+        "lmc/runtime/io/lock.py",
         "            try:\n                heartbeat(self)",
         "            try:\n                pass",
         (
@@ -378,7 +378,7 @@ MUTATIONS = [
     ),
     Mutation(
         "GCS lock: writes without the generation precondition (racing runs both win)",
-        "lmc/io/lock.py",
+        "lmc/runtime/io/lock.py",
         "        ifGenerationMatch=if_generation,\n",
         "",
         (

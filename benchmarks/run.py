@@ -7,8 +7,7 @@ ratio = baseline_s / ours_s (> 1: lmc is faster), every pair timed in the same r
 on the same machine after a warmup, as the median of interleaved repeats (a, b, b, a,
 ...). Headroom measurements (input pipeline: loader rate / step rate) carry
 "headroom" instead of a ratio and get their own table: they are not speed-ups. A
-Markdown table follows. `--quick` (small sizes, CI smoke test) takes ~2-3 minutes on
-2 CPU cores. On a GPU/TPU host the same suite runs on the accelerator JAX finds.
+Markdown table follows. `--quick`: small sizes, the CI smoke test. On a GPU/TPU host the same suite runs on the accelerator JAX finds.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ trained on the Python standard library's sources (`text:code`); the loss barrier
 the straight line between them is measured naively and after each alignment method of
 `config.eval.methods` (default: activation matching, weight matching with per-head
 units and the orthogonal residual map, and learned matching, which trains the
-orthogonal maps on the path loss); every method of `lmc/experiments/methods.py` runs
+orthogonal maps on the path loss); every method of `lmc/experiments/common/methods.py` runs
 (`naive`, `weight_matching`, `activation_matching`, `ste`, `weight_matching_heads`,
 `weight_matching_orthogonal`, `learned_matching`, with `+repair`):
 

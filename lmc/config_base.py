@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0: only at the end
     c.log_every_steps = 50  # train metrics to metrics.jsonl and the NaN guard
     c.progress = True  # a bar on a terminal; a line every ~30 s in logs
-    # Trackers fed beside metrics.jsonl (lmc.tracking), each an optional extra
+    # Trackers fed beside metrics.jsonl (lmc.runtime.tracking), each an optional extra
     # (pip install 'lmc[tensorboard]', 'lmc[wandb]'); not part of the config hash.
     c.log = ml_collections.ConfigDict()
     c.log.trackers = ()  # tensorboard and/or wandb, e.g. --config.log.trackers=tensorboard,wandb
@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     # faster for small models, see benchmarks/bench_population.py).
     c.spawn.population = False
 
-    # Device mesh for data parallelism (lmc.sharding): batch split over data x fsdp
+    # Device mesh for data parallelism (lmc.runtime.sharding): batch split over data x fsdp
     # devices; data=-1 takes every device; fsdp>1 shards arrays >= fsdp_min_size.
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel devices; -1: all

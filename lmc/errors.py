@@ -17,6 +17,12 @@ def choose(kind: str, value: str, valid) -> None:
         raise UserError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
 
 
+def positive(key: str, value) -> None:
+    """Raise a UserError unless config value `key` (e.g. "model.width") is positive."""
+    if value is None or value <= 0:
+        raise UserError(f"config.{key} must be positive, got {value!r}")
+
+
 # Exit codes of the `lmc` command (README "Errors"): one definition for run and sweep.
 EXIT_OK = 0
 EXIT_USER_ERROR = 2

@@ -6,7 +6,7 @@
 Only the dict is read (no model, no data), so any results.json, old or copied from
 a cluster, can be re-plotted. Figures are built on `matplotlib.figure.Figure`
 (the Agg canvas, no pyplot global state: safe in threads and on headless
-machines), drawn into memory and written atomically through `lmc.io` (temp file
+machines), drawn into memory and written atomically through `lmc.runtime.io` (temp file
 and rename locally, one object upload on gs://), so a reader never sees half a PNG.
 """
 
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
-from lmc import io
+from lmc.runtime import io
 
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 _GRID = (("train_loss", "train_error"), ("test_loss", "test_error"))  # rows x cols

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmc import io
-from lmc.checkpoint import Checkpointer
+from lmc.runtime import io
+from lmc.runtime.checkpoint import Checkpointer
 
 pytest_plugins = ["gcs_emulator"]  # the gcs_root and workroot fixtures
 

@@ -12,7 +12,8 @@ import pytest
 
 from lmc.cli import main
 from lmc.errors import UserError
-from lmc.experiments import run_experiment, setup
+from lmc.experiments import run_experiment
+from lmc.experiments.common import setup
 from lmc.models import hub
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lmc import compilation_cache
+from lmc.runtime import compilation_cache
 
 
 @pytest.fixture

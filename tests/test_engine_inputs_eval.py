@@ -27,8 +27,9 @@ import pytest
 from conftest import small_config
 
 from lmc import align, data, evaluate, models
-from lmc.checkpoint import Checkpointer
-from lmc.experiments import compare, run_experiment
+from lmc.experiments import run_experiment
+from lmc.experiments.common import compare
+from lmc.runtime.checkpoint import Checkpointer
 
 BN_MOMENTUM = 0.9  # lmc.models.layers: BatchNorm(momentum=0.9)
 EPS = 1e-5  # REPAIR's variance epsilon (lmc.evaluate.layer_hooks.EPS)

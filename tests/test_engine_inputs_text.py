@@ -15,8 +15,9 @@ import pytest
 from test_lm_experiments import tiny_lm_config
 
 from lmc import training
-from lmc.checkpoint import Checkpointer
-from lmc.experiments import run_experiment, setup
+from lmc.experiments import run_experiment
+from lmc.experiments.common import setup
+from lmc.runtime.checkpoint import Checkpointer
 from lmc.training import Seeds, train
 
 

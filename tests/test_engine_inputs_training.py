@@ -25,8 +25,8 @@ import numpy as np
 from conftest import small_config
 
 from lmc import data, evaluate, models, training
-from lmc.checkpoint import Checkpointer
 from lmc.experiments import run_experiment
+from lmc.runtime.checkpoint import Checkpointer
 from lmc.training import Seeds, train
 
 

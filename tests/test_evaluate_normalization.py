@@ -256,7 +256,7 @@ def test_default_repair_layers(name, norm, expected):
 def test_data_parallel_on_a_mesh_matches_one_device(bn_cnn, ds):
     # conftest fakes 8 CPU devices; 4 on the data axis split every batch 4 ways, and
     # BatchNorm statistics must still be those of the whole batch.
-    from lmc import sharding
+    from lmc.runtime import sharding
 
     model, a, b = bn_cnn
     mesh = sharding.make_mesh(data=4)

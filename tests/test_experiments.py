@@ -55,7 +55,7 @@ def test_width_points_and_aligned_barrier_shrinks_with_width(tmp_path):
 
 
 def test_failed_method_is_recorded_and_others_survive(tmp_path, monkeypatch):
-    from lmc.experiments import methods
+    from lmc.experiments.common import methods
 
     real = methods.align_endpoint
 
@@ -106,7 +106,7 @@ def test_merge_many_experiment(tmp_path):
         assert set(results[key]) == {"train_loss", "train_error", "test_loss", "test_error"}
     # Aligning before averaging must not be worse than averaging blindly.
     assert results["merged"]["train_loss"] <= results["naive_average"]["train_loss"]
-    from lmc.report import report_dirs
+    from lmc.cli.report import report_dirs
 
     assert "MergeMany" in report_dirs([str(tmp_path)])
 

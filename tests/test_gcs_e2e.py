@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmc import io
+from lmc.runtime import io
 
 pytest_plugins = ["gcs_emulator"]  # the gcs_emulator and gcs_root fixtures
 
@@ -76,7 +76,7 @@ def _metrics(path) -> list[dict]:
 
 
 def _final_params(workdir: str, child: str):
-    from lmc.checkpoint import Checkpointer
+    from lmc.runtime.checkpoint import Checkpointer
 
     ckpt = Checkpointer(io.path(workdir) / child / "checkpoints", every_steps=1, read_only=True)
     try:
@@ -101,7 +101,7 @@ def test_gcs_run_killed_resumed_reported_equals_local(gcs_root, tmp_path, capsys
         _cmd("run", f"--workdir={local}", *ARGS),
         env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    from lmc.checkpoint import committed_steps
+    from lmc.runtime.checkpoint import committed_steps
 
     ckpts = f"{remote}/child_0/checkpoints"
     deadline = time.monotonic() + 240

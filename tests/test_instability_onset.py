@@ -4,7 +4,8 @@ and its threading into results.json, `lmc report` and the sweep aggregate."""
 import pytest
 
 from lmc.errors import UserError
-from lmc.experiments import instability, onset
+from lmc.experiments import instability
+from lmc.experiments.common import onset
 
 
 def _points(barriers: dict[int, float | None], method: str = "naive") -> list[dict]:

@@ -1,4 +1,4 @@
-"""lmc.io, the path layer: the same calls on a local directory and on gs:// (the GCS
+"""lmc.runtime.io, the path layer: the same calls on a local directory and on gs:// (the GCS
 emulator), atomic writes, JSON-lines appends, trees, and OS failures as user errors."""
 
 import errno
@@ -9,14 +9,14 @@ import subprocess
 import pytest
 from etils import epath
 
-from lmc import io
 from lmc.errors import UserError
+from lmc.runtime import io
 
 pytest_plugins = ["gcs_emulator"]  # the gcs_root and workroot fixtures
 
 
 def test_old_api_takes_str_pathlib_and_epath(tmp_path):
-    from lmc.io import is_writer, read_json, write_bytes_atomic, write_json_atomic
+    from lmc.runtime.io import is_writer, read_json, write_bytes_atomic, write_json_atomic
 
     assert is_writer()
     for i, p in enumerate([str(tmp_path / "a.json"), tmp_path / "b.json", epath.Path(tmp_path)]):
@@ -243,7 +243,7 @@ def test_other_os_errors_keep_their_traceback(tmp_path, monkeypatch):
 
 def test_gcs_listing_sees_writes_from_another_client(gcs_root):
     """Two hosts share a bucket: what one writes, the other's listing must show (gcsfs
-    caches listings; lmc.io drops that cache for the path it lists)."""
+    caches listings; lmc.runtime.io drops that cache for the path it lists)."""
     io.write_text_atomic(f"{gcs_root}/a.txt", "1")
     assert io.listdir(gcs_root) == ["a.txt"]
     import gcsfs.core

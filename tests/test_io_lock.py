@@ -1,4 +1,4 @@
-"""One run per workdir (lmc.io.lock), on a local directory and on gs:// (the emulator):
+"""One run per workdir (lmc.runtime.io.lock), on a local directory and on gs:// (the emulator):
 a second holder is refused naming the first, from this process and from another one; a
 dead holder's lock and an expired lease are taken over with a warning; a live holder's
 heartbeat keeps its lease."""
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lmc import io
 from lmc.errors import UserError
-from lmc.io import lock as lock_lib
-from lmc.io.lock import LOCK_FILE, workdir_lock
+from lmc.runtime import io
+from lmc.runtime.io import lock as lock_lib
+from lmc.runtime.io.lock import LOCK_FILE, workdir_lock
 
 pytest_plugins = ["gcs_emulator"]  # the gcs_root and workroot fixtures
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _CHILD = """
 import os, sys
 from lmc.errors import UserError
-from lmc.io import lock
+from lmc.runtime.io import lock
 try:
     held = lock.acquire(sys.argv[1], what="child")
 except UserError as e:

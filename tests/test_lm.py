@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmc import align, evaluate, models, sharding
+from lmc import align, evaluate, models
 from lmc.errors import UserError
 from lmc.evaluate import metrics
+from lmc.runtime import sharding
 from tests.oracles import transformer_spec
 
 

@@ -88,7 +88,7 @@ def test_code_vs_prose_end_to_end(tmp_path):
     assert ind["models"]["code_child"] == results["spawn"][0]["models"]["code_child"]
     png = tmp_path / "run" / code_vs_prose.PLOT_FILE
     assert png.read_bytes()[:4] == b"\x89PNG"
-    from lmc.report import report_dirs
+    from lmc.cli.report import report_dirs
 
     assert "task_arithmetic_s1" in report_dirs([str(tmp_path / "run")])
 

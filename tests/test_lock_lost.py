@@ -2,7 +2,7 @@
 
 In-process: once the heartbeat finds another run's token (or a write finds its own
 last heartbeat older than half the lease and renews it first), every write through
-`lmc.io` below the workdir, a metrics line and a checkpoint save raise `LockLost`
+`lmc.runtime.io` below the workdir, a metrics line and a checkpoint save raise `LockLost`
 naming the new holder, while writes elsewhere go on. Two real processes: an `lmc run`
 is suspended past its lease, another process takes the lock over, and the resumed run
 exits with `EXIT_LOCK_LOST` without writing anything more."""
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmc import io
-from lmc.checkpoint import Checkpointer
 from lmc.errors import EXIT_LOCK_LOST
-from lmc.io import lock as lock_lib
-from lmc.io.lock import LOCK_FILE, LockLost, workdir_lock
+from lmc.runtime import io
+from lmc.runtime.checkpoint import Checkpointer
+from lmc.runtime.io import lock as lock_lib
+from lmc.runtime.io.lock import LOCK_FILE, LockLost, workdir_lock
 
 pytest_plugins = ["gcs_emulator"]  # the workroot fixture: a local dir, then gs://
 
@@ -95,7 +95,7 @@ def test_a_write_renews_a_stale_lease_itself_and_a_checkpoint_save_is_refused(tm
 
 _TAKER = """
 import sys
-from lmc.io import lock
+from lmc.runtime.io import lock
 held = lock.acquire(sys.argv[1])  # the suspended run's lease has expired: taken over
 print(held.record["pid"])
 """

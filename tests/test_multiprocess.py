@@ -48,7 +48,7 @@ def _config():
 
 
 def _final_params(workdir: Path, run: str):
-    from lmc.checkpoint import Checkpointer
+    from lmc.runtime.checkpoint import Checkpointer
 
     ckpt = Checkpointer(workdir / run / "checkpoints", every_steps=1, read_only=True)
     try:

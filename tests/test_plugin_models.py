@@ -13,9 +13,9 @@ import plugin_models
 import pytest
 from flax import nnx
 
-from lmc.checkpoint import Checkpointer
 from lmc.cli import main
 from lmc.data import load
+from lmc.runtime.checkpoint import Checkpointer
 
 TINY = ["--config.data.name=synthetic", "--config.model.width=8", "--config.batch_size=32",
         "--config.num_steps=6", "--config.eval.num_alphas=3", "--config.eval.train_subset=64",

@@ -1,7 +1,7 @@
 """Progress when stderr is not a terminal: a line every `log_every_s` with the step,
 rate and ETA, and one at the end (a long run in a log is visibly alive)."""
 
-from lmc.progress import Progress
+from lmc.runtime.progress import Progress
 
 
 class Clock:

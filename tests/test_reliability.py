@@ -15,7 +15,7 @@ import pytest
 from conftest import small_config
 
 from lmc import data, models
-from lmc.checkpoint import Checkpointer
+from lmc.runtime.checkpoint import Checkpointer
 from lmc.training import Seeds, train
 
 ROOT = Path(__file__).resolve().parents[1]

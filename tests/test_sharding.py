@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from lmc import data, evaluate, models, sharding, training
+from lmc import data, evaluate, models, training
 from lmc.errors import UserError
+from lmc.runtime import sharding
 from lmc.training import Seeds, train
 
 # The README's bound: 40 SGD steps of the small MLP on 8 fake devices (or a 4x2

@@ -330,8 +330,8 @@ def _assert_child_is_a_fresh_run(point: Path, ref_dir: Path) -> None:
     import ml_collections
     import numpy as np
 
-    from lmc.checkpoint import Checkpointer
-    from lmc.experiments import setup
+    from lmc.experiments.common import setup
+    from lmc.runtime.checkpoint import Checkpointer
     from lmc.training import Seeds, train
 
     c = ml_collections.ConfigDict(json.loads((point / "results.json").read_text())["config"])

@@ -15,8 +15,9 @@ import subprocess
 
 import pytest
 
-from lmc import cli, io
+from lmc import cli
 from lmc.cli import sweep
+from lmc.runtime import io
 
 pytest_plugins = ["gcs_emulator"]  # the gcs_emulator and gcs_root fixtures
 

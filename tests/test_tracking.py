@@ -1,4 +1,4 @@
-"""Trackers (`config.log.trackers`, lmc.tracking): one tiny `lmc run` with TensorBoard and
+"""Trackers (`config.log.trackers`, lmc.runtime.tracking): one tiny `lmc run` with TensorBoard and
 W&B (offline), read back with TensorBoard's own event reader and W&B's `leet inspect`,
 against metrics.jsonl and results.json (the source of truth); a missing package or an
 unknown tracker is a UserError naming the extra or the valid names."""
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lmc import cli, tracking
+from lmc import cli
 from lmc.config_base import base_config
 from lmc.errors import UserError
+from lmc.runtime import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

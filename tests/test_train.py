@@ -120,7 +120,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     ds, model = _setup(c)
     with pytest.raises(DivergenceError, match="at step"):
         train(model=model, dataset=ds, config=c, run_dir=tmp_path, seeds=Seeds(0, 0, 0))
-    from lmc.checkpoint import Checkpointer
+    from lmc.runtime.checkpoint import Checkpointer
 
     ckpt = Checkpointer(tmp_path / "checkpoints", every_steps=1, read_only=True)
     _, state = ckpt.restore_latest()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lmc import io
 from lmc.cli import main
 from lmc.errors import EXIT_USER_ERROR
+from lmc.runtime import io
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -225,7 +225,7 @@ def test_no_space_while_saving_checkpoint_metrics_or_results(small_disk, capsys,
     """The disk fills up at a checkpoint save, then at a metrics line, then while writing
     results.json: each time exit 2 naming the file, earlier state intact, no temp files;
     after freeing space the same command finishes."""
-    from lmc.checkpoint import Checkpointer
+    from lmc.runtime.checkpoint import Checkpointer
     from lmc.training.metrics_log import MetricsWriter
 
     workdir = small_disk / "run"

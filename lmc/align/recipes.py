@@ -2,7 +2,7 @@
 
 The methods of `lmc.align` work on a spec and two trees; these recipes chain them the
 way the best results on attention models are reached, and are what the experiment
-engine (`lmc.experiments.methods`) calls:
+engine (`lmc.experiments.common.methods`) calls:
 
     from lmc import align
     b_heads, info = align.weight_matching_heads(model, tree_a, tree_b, x)

@@ -66,16 +66,15 @@ from lmc.align.threads import blas_threads
 from lmc.errors import UserError
 
 # Up to this fraction of changed rows a low-rank update is cheaper than a full product
-# (measured on 2 cores: 0.57x of a full (2048 x 2048) @ (2048 x 2048) at half the rows
-# changed, 0.8x at three quarters; 0.66x for (512 x 9216) @ (9216 x 512) at half).
+# (README "Performance" has the measurement).
 LOW_RANK_FRACTION = 0.5
 # Recompute a group in full after this many low-rank updates in a row, so float32
 # rounding cannot pile up.
 MAX_LOW_RANK_UPDATES = 16
 # Where products run: "auto" (JAX on accelerators, NumPy on CPU), "jax" or "numpy".
 BACKEND = "auto"
-# On the JAX path, products below this many multiply-adds still use NumPy: an XLA
-# compilation (~0.1 s per shape) costs more than thousands of them.
+# On the JAX path, products below this many multiply-adds still use NumPy: one XLA
+# compilation per shape costs more than thousands of them.
 JIT_MIN_MACS = 2**26
 # Pad M to a multiple of this on the JAX path, so permutations share compilations.
 PAD_ROWS = 1024
@@ -96,9 +95,9 @@ def solve_assignment(cost) -> np.ndarray:
     Solved as the minimization of `max_k cost[i, k] - cost[i, j]` with column minima
     subtracted: row and column constants leave the optimal assignments unchanged, and
     a zero in every row and column gives the solvers' initial phases most rows for
-    free. Measured on the 2048x2048 costs of a 3x2048 MLP pair (50 solves, 2 cores):
-    scipy 9.0 s; LAPJV (Jonker & Volgenant 1987, the `lap` package) 2.6 s. The
-    reduction runs in float32 (0.5 s for the 50; 2.0 s in float64, memory-bound).
+    free. LAPJV (Jonker & Volgenant 1987, the `lap` package) solves them several times
+    faster than scipy (README "Performance"). The reduction runs in float32: it is
+    memory-bound, and float64 would double its traffic.
     Solvers may break ties differently; the objective is the same.
     """
     cost = np.asarray(cost)

@@ -35,9 +35,9 @@ def cmd_run(argv: list[str]) -> int:
         print(describe(config, config_file, flags_lib.config_overrides(argv)))
         return 0
     flags_lib.quiet_libraries()
-    from lmc import distributed, preemption
+    from lmc.cli.report import report_dirs
     from lmc.experiments import run_experiment
-    from lmc.report import report_dirs
+    from lmc.runtime import distributed, preemption
 
     preemption.install()
     distributed.maybe_initialize(fv.coordinator, fv.num_processes, fv.process_id)
@@ -65,7 +65,7 @@ def cmd_report(argv: list[str]) -> int:
     dirs = [a for a in argv[1:] if not a.startswith("-")]
     if not dirs:
         raise UserError(f"lmc report needs at least one workdir\n\n{flags_lib.USAGE}")
-    from lmc.report import report_dirs
+    from lmc.cli.report import report_dirs
 
     print(report_dirs(dirs))
     return 0
@@ -96,9 +96,9 @@ def _dispatch(argv: list[str] | None) -> int:
     if command in flags_lib.HELP and any(a in ("-h", "--help", "-help") for a in argv[2:]):
         print(flags_lib.command_help(command))
         return 0
-    from lmc import compilation_cache
-    from lmc.io.lock import LockLost
-    from lmc.preemption import Preempted
+    from lmc.runtime import compilation_cache
+    from lmc.runtime.io.lock import LockLost
+    from lmc.runtime.preemption import Preempted
     from lmc.training import DivergenceError
 
     compilation_cache.enable()

@@ -53,10 +53,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmc import io
 from lmc.cli import flags
 from lmc.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, UserError
-from lmc.io.lock import workdir_lock
+from lmc.runtime import io
+from lmc.runtime.io.lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def plan(config, config_file: str, workdir: io.PathLike, argv: list[str]) -> lis
 
 def _point(index, name, overrides, workdir, config_file, base, where) -> Point:
     """A point's `lmc run` arguments, checked: its command line reproduces its config."""
-    from lmc.provenance import config_hash, config_to_dict
+    from lmc.runtime.provenance import config_hash, config_to_dict
 
     point_dir = workdir / name
     # A key the point sets was derived from the command line's value (sweep(config)):
@@ -266,7 +266,7 @@ def shared_parent(points: list[Point], workdir: Path, config_file: str, argv) ->
     experiment keeping every spawn step any point needs. Points then run with
     `--parent=DIR/shared_parent` and only train children. None if they don't share one."""
     from lmc import experiments, training
-    from lmc.provenance import config_to_dict
+    from lmc.runtime.provenance import config_to_dict
 
     if len(points) < 2:
         return None
@@ -287,8 +287,8 @@ def shared_parent(points: list[Point], workdir: Path, config_file: str, argv) ->
 def point_state(point: Point) -> str:
     """'done' (results.json complete for this config), 'other' (workdir made by another
     config), 'partial' (started) or 'new'."""
-    from lmc.experiments.workdir import CONFIG_FILE, RESULTS_FILE
-    from lmc.provenance import config_hash
+    from lmc.experiments.common.workdir import CONFIG_FILE, RESULTS_FILE
+    from lmc.runtime.provenance import config_hash
 
     results = _read_json(point.workdir / RESULTS_FILE)
     if (
@@ -479,7 +479,7 @@ def _copy_log(log_path: Path, workdir) -> None:
 
 def child_env(workdir) -> dict:
     """The points' environment: ours. Each point is an `lmc run`, which uses the same
-    persistent compilation cache as any run (lmc.compilation_cache: LMC_COMPILATION_CACHE,
+    persistent compilation cache as any run (lmc.runtime.compilation_cache: LMC_COMPILATION_CACHE,
     size cap, lock), so points share compiled programs and honour `=off`."""
     del workdir
     return dict(os.environ)
@@ -535,7 +535,7 @@ def _aggregate(config, config_file: str, workdir, points: list[Point]) -> None:
     experiment can pool its runs (`aggregate`, e.g. instability: barrier vs k over every
     point's pairs). `lmc report DIR` then prints that one table."""
     from lmc import experiments
-    from lmc.provenance import config_to_dict, provenance
+    from lmc.runtime.provenance import config_to_dict, provenance
 
     kinds = {p.config.experiment for p in points}
     module = experiments.module_for(kinds.pop()) if len(kinds) == 1 else None
@@ -562,7 +562,7 @@ def _aggregate(config, config_file: str, workdir, points: list[Point]) -> None:
 
 def _print_report(workdir) -> None:
     from lmc import experiments
-    from lmc.report import find_results
+    from lmc.cli.report import find_results
 
     found = [(run, r) for run, r in find_results(workdir) if r.get("complete")]
     if found:
@@ -627,6 +627,6 @@ def _process_index(forwarded: list[str]) -> int:
 
 
 def _cluster() -> bool:
-    from lmc.distributed import cluster_detected
+    from lmc.runtime.distributed import cluster_detected
 
     return cluster_detected()

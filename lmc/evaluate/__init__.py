@@ -15,7 +15,7 @@ Files: `curves.py` (the jitted evaluator), `normalization.py` (stale / RESET /
 REPAIR statistics), `layer_hooks.py` (Flax method interception for REPAIR),
 `barriers.py`, `endpoints.py` (validation, interpolation), `batching.py`
 (fixed-shape batches), `placement.py` (one device or a data-parallel mesh).
-Cost: `benchmarks/curve_eval.py` (a 25-alpha curve ~ 1.0-1.06x 25 forward passes).
+Cost: `benchmarks/curve_eval.py` times a curve against the plain forward passes.
 """
 
 from lmc.evaluate.barriers import METRICS, barriers

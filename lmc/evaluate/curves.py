@@ -78,7 +78,7 @@ def interpolation_curve(
         memory at one forward pass and matches `evaluate` bit for bit; larger
         chunks can help small models on accelerators.
       seed: seed of the statistics batches' permutation.
-      mesh: an `lmc.sharding` mesh to run data-parallel on (batches split over its
+      mesh: an `lmc.runtime.sharding` mesh to run data-parallel on (batches split over its
         batch axes, rounded up to a multiple of their size); None: default device.
 
     Returns:

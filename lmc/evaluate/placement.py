@@ -1,6 +1,6 @@
 """Where the evaluator's arrays live: the default device, or data-parallel on a mesh.
 
-Without a mesh everything goes to the default device. With an `lmc.sharding` mesh,
+Without a mesh everything goes to the default device. With an `lmc.runtime.sharding` mesh,
 networks and statistics are replicated and every batch is split over the batch axes
 (`sharding.shard_host_batch`: each process places its own rows of a batch that every
 process holds in full), so the same jitted functions run data-parallel: XLA turns
@@ -21,14 +21,14 @@ from lmc.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    mesh: object = None  # a jax.sharding.Mesh with lmc.sharding's batch axes, or None
+    mesh: object = None  # a jax.sharding.Mesh with lmc.runtime.sharding's batch axes, or None
 
     @property
     def ways(self) -> int:
         """How many devices a batch is split over."""
         if self.mesh is None:
             return 1
-        from lmc import sharding
+        from lmc.runtime import sharding
 
         return sharding.batch_devices(self.mesh)
 
@@ -49,14 +49,14 @@ class Placement:
     def replicate(self, tree):
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, tree)
-        from lmc import sharding
+        from lmc.runtime import sharding
 
         return sharding.replicate(tree, self.mesh)
 
     def batch(self, tree):
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, tree)
-        from lmc import sharding
+        from lmc.runtime import sharding
 
         return sharding.shard_host_batch(tree, self.mesh)
 

@@ -24,11 +24,11 @@ import logging
 import time
 from types import ModuleType
 
-from lmc import io, tracking
 from lmc.errors import UserError, choose
-from lmc.experiments import workdir as workdir_lib
-from lmc.io.lock import workdir_lock
-from lmc.provenance import config_to_dict, provenance
+from lmc.experiments.common import workdir as workdir_lib
+from lmc.runtime import io, tracking
+from lmc.runtime.io.lock import workdir_lock
+from lmc.runtime.provenance import config_to_dict, provenance
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ TAKE_CHECKPOINTS = ("pair", "merge_many")
 
 
 def _given_checkpoints_fit(config) -> None:
-    from lmc.experiments.setup import checkpoint_dirs
+    from lmc.experiments.common.setup import checkpoint_dirs
 
     name = ALIASES.get(config.experiment, config.experiment)
     if checkpoint_dirs(config) and name not in TAKE_CHECKPOINTS:
@@ -89,7 +89,7 @@ def run_experiment(
     """Run the config's experiment in `workdir` (a local path or a URL) and write its
     results.json. `parent`: the workdir of a shared parent (`lmc run --parent=DIR`) to
     spawn from instead of training one. One run per workdir: process 0 holds the
-    workdir's lock throughout (`lmc.io.lock`), so a second run there is refused naming
+    workdir's lock throughout (`lmc.runtime.io.lock`), so a second run there is refused naming
     the holder."""
     module = module_for(config.experiment)
     config_dict = config_to_dict(config)

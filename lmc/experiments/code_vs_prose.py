@@ -1,6 +1,6 @@
 """`code_vs_prose`: can a code model and a prose model be averaged into one?
 
-A parent transformer LM is trained on a code+prose mixture (`text:mixed`). At each
+A parent language model is trained on a code+prose mixture (`text:mixed`). At each
 spawn step k of `config.instability.spawn_steps` it is forked: child A continues on code only,
 child B on prose only, both to the same total step count N. Every model is evaluated
 on held-out code and held-out prose (per-token loss, perplexity, bits per byte,
@@ -39,14 +39,14 @@ import jax
 import numpy as np
 
 from lmc import evaluate, training
-from lmc import io as lmc_io
 from lmc.errors import UserError
 from lmc.evaluate import barriers
 from lmc.evaluate.metrics import domain_metrics
-from lmc.experiments import methods as methods_lib
-from lmc.experiments import setup, tables
+from lmc.experiments.common import methods as methods_lib
+from lmc.experiments.common import setup, tables
 from lmc.experiments.instability import spawn_steps
-from lmc.io import write_bytes_atomic
+from lmc.runtime import io as lmc_io
+from lmc.runtime.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

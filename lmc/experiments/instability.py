@@ -6,12 +6,12 @@ from its checkpoint with different data order/augmentation, train to the end and
 interpolated pairwise. The barrier's mean and std over pairs is reported versus k. A
 network is "stable" from step k on when the mean test-error barrier stays at or below
 `config.instability.stable_threshold`; that first k, the onset k*, is reported per method
-(results.json `onset`, see lmc.experiments.onset).
+(results.json `onset`, see lmc.experiments.common.onset).
 
 Layout: parent/, k<k>/child_<i>/ (children 2j and 2j+1 form pair j, seeds from
 config.spawn.child_seeds). Outputs: results.json `points`, barrier_vs_k.png.
 
-    lmc run --config=configs/instability_mlp_fashion_mnist.py --workdir=runs/instab
+    lmc run --config=configs/instability_lm.py --workdir=runs/instab  # or any configs/instability_*.py
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lmc import io, plots, training
+from lmc import training
 from lmc.errors import UserError
-from lmc.experiments import compare, onset, setup, tables
-from lmc.experiments.methods import validate_methods
+from lmc.experiments.common import onset, setup, sweep
+from lmc.experiments.common.methods import validate_methods
+from lmc.runtime import io
 
 log = logging.getLogger(__name__)
 SWEEP_KEY = "spawn_step"
@@ -67,15 +68,7 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
         children = [training.Child(i, workdir / f"k{k}" / f"child_{i}", k)
                     for i in range(2 * num_pairs(config))]  # fmt: skip
         ends = training.train_children(config, workdir, model, dataset, children, shared=parent)
-        pairs = [compare.compare_pair(config, model, dataset, *ends[2 * j : 2 * j + 2])
-                 for j in range(len(ends) // 2)]  # fmt: skip
-        points.append(
-            {
-                SWEEP_KEY: k,
-                "methods": compare.summarize(pairs),
-                "pairs": compare.pair_barriers(pairs),
-            }  # fmt: skip
-        )
+        points.append(sweep.point(SWEEP_KEY, k, sweep.compare_pairs(config, model, dataset, ends)))
         log.info(
             "spawn step %d: test-loss barrier %s", k,
             {m: v.get("barrier_mean", {}).get("test_loss") for m, v in points[-1]["methods"].items()},
@@ -91,7 +84,7 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
 
 def aggregate(runs: list[tuple[str, dict]]) -> dict:
     """One result from the runs of a sweep: pairs at equal values pooled, k* over them."""
-    merged = compare.merge_points(runs, SWEEP_KEY)
+    merged = sweep.merge_points(runs, SWEEP_KEY)
     first = runs[0][1]
     total = first.get("total_steps")  # absent in results written before k* was reported
     merged["total_steps"] = total
@@ -107,12 +100,11 @@ def _threshold(config: dict) -> float:
 def plot(results: dict, workdir: Path) -> list[Path]:
     notes = {m: onset.describe(e) for m, e in (results.get("onset") or {}).items()}
     path = io.path(workdir) / "barrier_vs_k.png"
-    return [plots.plot_sweep(results, path, SWEEP_KEY, notes=notes)]
+    return sweep.plot(results, path, SWEEP_KEY, notes=notes)
 
 
 def table(runs: list[tuple[str, dict]]) -> str:
-    rows = [row for run, results in runs for row in tables.point_rows(run, results)]
-    text = tables.markdown(tables.HEADER, rows)
+    text = sweep.table(runs)
     lines = [f"- {run}, {method}: {onset.describe(entry)}"
              for run, results in runs for method, entry in (results.get("onset") or {}).items()]  # fmt: skip
     if not lines:  # results written before k* was reported

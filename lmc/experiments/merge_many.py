@@ -15,10 +15,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lmc import evaluate, io, training
+from lmc import evaluate, training
 from lmc.errors import UserError
 from lmc.evaluate.metrics import language_model_metrics
-from lmc.experiments import setup, tables
+from lmc.experiments.common import setup, tables
+from lmc.runtime import io
 
 
 def num_models(config) -> int:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmc import io, plots, training
-from lmc.experiments import compare, setup, tables
-from lmc.experiments.methods import validate_methods
+from lmc import plots, training
+from lmc.experiments.common import compare, setup, tables
+from lmc.experiments.common.methods import validate_methods
+from lmc.runtime import io
 
 
 def validate(config) -> None:

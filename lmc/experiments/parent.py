@@ -2,7 +2,7 @@
 with every one of them kept: the first stage of an `lmc sweep` whose points spawn
 children from one shared parent (`lmc run --parent=DIR` then uses it).
 
-    lmc run --config=configs/instability_mlp_fashion_mnist.py --workdir=runs/sweep/shared_parent \\
+    lmc run --config=configs/instability_lm.py --workdir=runs/sweep/shared_parent \\
         --config.experiment=parent
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmc import training
 from lmc.errors import UserError
-from lmc.experiments import setup, tables
+from lmc.experiments.common import setup, tables
 from lmc.experiments.instability import spawn_steps
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from lmc import io, models, plots, training
+from lmc import models, training
 from lmc.errors import UserError
-from lmc.experiments import compare, setup, tables
-from lmc.experiments.methods import validate_methods
+from lmc.experiments.common import setup, sweep
+from lmc.experiments.common.methods import validate_methods
+from lmc.runtime import io
 
 SWEEP_KEY = "width"
-# Widths that are unit counts (an integer after scaling); the others are multipliers.
-INTEGER_WIDTHS = ("mlp", "cnn", "resnet20", "transformer")
 
 
 def multipliers(config) -> list[float]:
@@ -33,10 +32,8 @@ def scaled(config, multiplier: float):
     c = copy.deepcopy(config)
     with c.unlocked():
         width = c.model.width * multiplier
-        # A plug-in's width is a unit count when its config gives an integer.
-        plugin_units = models.is_plugin(c.model.name) and isinstance(c.model.width, int)
-        integer = c.model.name in INTEGER_WIDTHS or plugin_units
-        c.model.width = int(round(width)) if integer else width
+        units = models.width_counts_units(c.model.name, c.model.width)
+        c.model.width = int(round(width)) if units else width
     return c
 
 
@@ -70,28 +67,19 @@ def run(config, workdir: Path, parent: Path | None = None) -> dict:
         model = setup.load_model(c, dataset)
         wdir = io.path(workdir) / f"width{m:g}"
         ends = training.siblings(c, wdir, model, dataset, range(2 * num_pairs(c)))
-        pairs = [compare.compare_pair(c, model, dataset, *ends[2 * j : 2 * j + 2])
-                 for j in range(len(ends) // 2)]  # fmt: skip
-        points.append(
-            {
-                SWEEP_KEY: m,
-                "model_width": c.model.width,
-                "methods": compare.summarize(pairs),
-                "pairs": compare.pair_barriers(pairs),
-            }
-        )
+        pairs = sweep.compare_pairs(c, model, dataset, ends)
+        points.append(sweep.point(SWEEP_KEY, m, pairs, model_width=c.model.width))
     return {"sweep_key": SWEEP_KEY, "points": points}
 
 
 def aggregate(runs: list[tuple[str, dict]]) -> dict:
     """One result from the runs of a sweep: pairs at equal values pooled."""
-    return compare.merge_points(runs, SWEEP_KEY)
+    return sweep.merge_points(runs, SWEEP_KEY)
 
 
 def plot(results: dict, workdir: Path) -> list[Path]:
-    return [plots.plot_sweep(results, io.path(workdir) / "barrier_vs_width.png", SWEEP_KEY)]
+    return sweep.plot(results, io.path(workdir) / "barrier_vs_width.png", SWEEP_KEY)
 
 
 def table(runs: list[tuple[str, dict]]) -> str:
-    rows = [row for run, results in runs for row in tables.point_rows(run, results)]
-    return tables.markdown(tables.HEADER, rows)
+    return sweep.table(runs)

@@ -11,6 +11,7 @@ none) are plain nested dicts. Flax stays inside this package.
 `as_model` gives that interface to lmc's own models (`build`, `from_config`), a
 user's flax.linen Module (`Model`), and a Flax NNX module, `(graphdef, state)` pair or
 factory (`nnx_model.NNXModel`; `nnx_update` writes dicts back into a module).
+`FAMILIES` (`registry`) names lmc's own families with their defaults and capabilities;
 `config.model.name = "package.module:factory"` builds a user's model from the CLI
 (`plugin`). `calling` tells the pure-function forms apart at lmc's public APIs.
 """
@@ -26,16 +27,9 @@ import jax
 from flax import nnx
 
 from lmc.errors import UserError, choose
-from lmc.models.cnn import CNN
-from lmc.models.mlp import MLP
 from lmc.models.nnx_model import NNXModel, nnx_model, nnx_update
 from lmc.models.plugin import build_plugin, is_plugin
-from lmc.models.resnet import ResNet20
-from lmc.models.transformer import build_transformer
-from lmc.models.vgg import CONFIGS as VGG_CONFIGS
-from lmc.models.vgg import VGG
-
-MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet20", "transformer")
+from lmc.models.registry import FAMILIES, TEXT, reads, text_models, width_counts_units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,43 +117,31 @@ def _to_dict(tree: Any) -> Any:
     return tree
 
 
-def _positive(name: str, value) -> None:
-    if value is None or value <= 0:
-        raise UserError(f"config.model.{name} must be positive, got {value!r}")
+def _family(name: str):
+    choose("model", name, [*FAMILIES, "package.module:factory (a plug-in)"])
+    return FAMILIES[name]
 
 
-# Sizes used when `build` is called without them (the Python API); configs always give
-# them (lmc.config_base owns the config defaults). 0 or a negative size is an error.
-DEFAULT_SIZES = {"mlp": (512, 3), "cnn": (32, None), "vgg11": (1.0, None),
-                 "vgg16": (1.0, None), "resnet20": (1, None)}  # fmt: skip
-
-
-def build(name: str, num_classes: int, width=None, depth=None, norm=None, **lm) -> Model:
-    """Build model `name`. `width` is units (mlp), base channels (cnn), a multiplier, or
-    d_model (transformer, which also takes heads, context, mlp_ratio, positions)."""
+def build(name: str, num_classes: int, width=None, depth=None, norm=None, **options) -> Model:
+    """Build lmc model family `name` (a key of `FAMILIES`). `width` is units (mlp),
+    base channels (cnn), a multiplier, or d_model (transformer, which also takes heads,
+    context, mlp_ratio, positions); a size left out is the family's default."""
     if is_plugin(name):
         raise UserError(
             f"model {name!r} is a plug-in: build it with from_config (it needs input_shape)"
         )
-    choose("model", name, [*MODELS, "package.module:factory (a plug-in)"])
-    if name == "transformer":
-        return Model(name, build_transformer(num_classes, width, depth, norm, **lm))
-    default_width, default_depth = DEFAULT_SIZES[name]
-    width = default_width if width is None else width
-    _positive("width", width)
-    if name == "mlp":
-        depth = default_depth if depth is None else depth
-        _positive("depth", depth)
-        return Model(name, MLP(num_classes, int(width), int(depth)))
-    if name == "cnn":
-        return Model(name, CNN(num_classes, int(width), norm or "none"))
-    if name in VGG_CONFIGS:
-        return Model(name, VGG(num_classes, VGG_CONFIGS[name], float(width), norm or "batchnorm"))
-    if int(width) != width:
-        raise UserError(
-            f"config.model.width for resnet20 must be an integer multiplier, got {width}"
-        )
-    return Model(name, ResNet20(num_classes, int(width), norm or "batchnorm"))
+    family = _family(name)
+    unknown = sorted(set(options) - set(family.options))
+    if unknown:
+        raise UserError(f"model {name!r} takes no option {', '.join(unknown)}")
+    module = family.build(
+        num_classes,
+        family.width if width is None else width,
+        family.depth if depth is None else depth,
+        norm or family.norm,
+        **options,
+    )
+    return Model(name, module)
 
 
 def from_config(model_config, num_classes: int, input_shape=None) -> Model | NNXModel:
@@ -172,9 +154,7 @@ def from_config(model_config, num_classes: int, input_shape=None) -> Model | NNX
                 "a plug-in model (config.model.name 'module:factory') needs input_shape"
             )
         return build_plugin(model_config.name, num_classes, input_shape, model_config)
-    extra = {}
-    if model_config.name == "transformer":
-        extra = {k: model_config[k] for k in ("heads", "context", "mlp_ratio", "positions")}
+    extra = {k: model_config[k] for k in _family(model_config.name).options}
     return build(
         model_config.name,
         num_classes,
@@ -186,7 +166,8 @@ def from_config(model_config, num_classes: int, input_shape=None) -> Model | NNX
 
 
 __all__ = [
-    "MODELS",
+    "FAMILIES",
+    "TEXT",
     "Model",
     "NNXModel",
     "as_model",
@@ -197,4 +178,7 @@ __all__ = [
     "is_plugin",
     "nnx_model",
     "nnx_update",
+    "reads",
+    "text_models",
+    "width_counts_units",
 ]

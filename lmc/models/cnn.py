@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 
+from lmc.errors import positive
 from lmc.models.layers import conv3x3, make_norm
 
 
@@ -20,3 +21,9 @@ class CNN(nn.Module):
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.width * 4, name="dense")(x))
         return nn.Dense(self.num_classes, name="head")(x)
+
+
+def build(num_classes: int, width, depth, norm) -> CNN:
+    del depth  # two conv blocks, always
+    positive("model.width", width)
+    return CNN(num_classes, int(width), norm)

@@ -1,15 +1,13 @@
 """2-D convolution with a cache-friendly weight gradient on CPU backends.
 
 XLA:CPU computes a convolution's weight gradient as one "backward filter" convolution
-over the whole batch. On the 2-core AMD EPYC VM this project is developed on (32 MiB
-L3, 6.6 GB/s DRAM copy bandwidth) that single op was the largest cost of a ResNet-20
-train step: 234 ms for a 32x32x16 -> 16 layer at batch 128, 8x the layer's forward
-pass, while PyTorch's whole forward+backward of that layer took 94 ms.
+over the whole batch. On a machine with little memory bandwidth (this project's 2-core
+development VM) that single op was the largest cost of a ResNet-20 train step, several
+times the layer's forward pass and slower than PyTorch's whole forward+backward of it.
 
 The same gradient, computed as one (C_in x C_out) matmul per kernel tap over batch
-chunks of about 1 MiB (`lax.scan`, so each chunk's working set stays in cache), took
-19 ms; 15 vs 34 ms at 16x16x32 and 14 vs 21 ms at 8x8x64
-(`python benchmarks/run.py --only conv_grad`).
+chunks of about 1 MiB (`lax.scan`, so each chunk's working set stays in cache), is
+several times faster (README "Performance", `python benchmarks/run.py --only conv_grad`).
 The forward pass and the input gradient are XLA's own: they were already on par with
 PyTorch. On GPU/TPU nothing changes (cuDNN / the TPU compiler handle this well).
 
@@ -39,7 +37,7 @@ from jax.custom_derivatives import SymbolicZero, linear_call
 # Batch chunk for the weight gradient: about this many bytes of input per chunk.
 CHUNK_BYTES = 1 << 20
 # Inputs smaller than this keep XLA's gradient: it is as fast or faster while the
-# whole input fits in cache (batch 32: 1.07x at 2 MiB, 1.0x at 1 MiB, 0.61x at 0.5 MiB).
+# whole input fits in cache (README "Performance" has the measurement).
 TAPS_MIN_BYTES = 1 << 20
 # "auto" (tap gradient on CPU backends only), "taps" (always) or "xla" (never).
 WEIGHT_GRAD = "auto"

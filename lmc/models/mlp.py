@@ -3,6 +3,8 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lmc.errors import positive
+
 
 class MLP(nn.Module):
     num_classes: int
@@ -16,3 +18,10 @@ class MLP(nn.Module):
         for i in range(self.depth):
             x = nn.relu(nn.Dense(self.width, name=f"dense{i}")(x))
         return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)
+
+
+def build(num_classes: int, width, depth, norm) -> MLP:
+    del norm  # no normalization layers
+    positive("model.width", width)
+    positive("model.depth", depth)
+    return MLP(num_classes, int(width), int(depth))

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 
+from lmc.errors import UserError, positive
 from lmc.models.layers import Conv, conv3x3, make_norm
 
 
@@ -43,3 +44,13 @@ class ResNet20(nn.Module):
                 )
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x)
+
+
+def build(num_classes: int, width, depth, norm) -> ResNet20:
+    del depth  # three stages of three blocks: ResNet-20
+    positive("model.width", width)
+    if int(width) != width:
+        raise UserError(
+            f"config.model.width for resnet20 must be an integer multiplier, got {width}"
+        )
+    return ResNet20(num_classes, int(width), norm)

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+from lmc.errors import positive
 from lmc.models.layers import conv3x3, make_norm
 
 # Channels per conv, "M" = 2x2 max-pool (Simonyan & Zisserman 2015, configs A and D).
@@ -52,3 +53,14 @@ class VGG(nn.Module):
             conv += 1
         x = x.mean(axis=(1, 2))  # global average pool: robust to input size
         return nn.Dense(self.num_classes, name="head")(x)
+
+
+def builder(layers: str):
+    """The build function of VGG configuration `layers` (a key of CONFIGS)."""
+
+    def build(num_classes: int, width, depth, norm) -> VGG:
+        del depth  # fixed by the configuration
+        positive("model.width", width)
+        return VGG(num_classes, CONFIGS[layers], float(width), norm)
+
+    return build

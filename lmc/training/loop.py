@@ -20,7 +20,7 @@ The batch at step t is `dataset.train_batch(data_seed, t)` and augmentation is k
 by fold_in(aug_seed, t), so a run is fully determined by (config, seeds), and resuming
 from a checkpoint at step t continues the exact same trajectory.
 
-One network trains data-parallel on the mesh of `config.mesh` (lmc.sharding): each
+One network trains data-parallel on the mesh of `config.mesh` (lmc.runtime.sharding): each
 process loads only its rows of every global batch; the step is jitted with explicit
 shardings. A population stacks its members' states on a leading axis and trains them
 with one vmapped step on one device; its stacked state is checkpointed in `run_dir`,
@@ -42,13 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc import io, preemption
-from lmc import sharding as sharding_lib
-from lmc.checkpoint import Checkpointer
 from lmc.data import Dataset
 from lmc.errors import UserError
 from lmc.models import Model, as_model
-from lmc.progress import Progress
+from lmc.runtime import io, preemption
+from lmc.runtime import sharding as sharding_lib
+from lmc.runtime.checkpoint import Checkpointer
+from lmc.runtime.progress import Progress
 from lmc.training.metrics_log import MetricsWriter
 from lmc.training.population import stack, unstack
 from lmc.training.state import (

@@ -1,4 +1,4 @@
-"""`metrics.jsonl`: one JSON line per logged step, written by process 0 through `lmc.io`
+"""`metrics.jsonl`: one JSON line per logged step, written by process 0 through `lmc.runtime.io`
 (local files: appended and fsync'd per line; object stores: the object rewritten, at
 most every few seconds and always before a checkpoint is saved)."""
 
@@ -8,7 +8,7 @@ import json
 
 import jax
 
-from lmc import io, tracking
+from lmc.runtime import io, tracking
 
 
 class MetricsWriter:

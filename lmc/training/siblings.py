@@ -21,11 +21,11 @@ import logging
 import os
 from pathlib import Path
 
-from lmc import io
-from lmc.checkpoint import Checkpointer, committed_steps
 from lmc.data import Dataset
 from lmc.errors import UserError, choose
 from lmc.models import Model
+from lmc.runtime import io
+from lmc.runtime.checkpoint import Checkpointer, committed_steps
 from lmc.training.loop import Member, train, train_population
 from lmc.training.state import (
     Seeds,
@@ -150,7 +150,7 @@ def train_parent(
 
 
 def _check_shared_parent(config, shared, spawn_steps: list[int]) -> None:
-    from lmc.provenance import config_to_dict
+    from lmc.runtime.provenance import config_to_dict
 
     made_by = io.path(shared) / "config.json"
     try:

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lmc import sharding as sharding_lib
 from lmc.data import crop_and_flip
 from lmc.evaluate.metrics import cross_entropy, wrong
 from lmc.models import Model
+from lmc.runtime import sharding as sharding_lib
 from lmc.training.population import population_step
 
 # Folded into the augmentation key to separate the dropout keys from the crop/flip ones.

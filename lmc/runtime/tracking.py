@@ -25,8 +25,8 @@ experiment's Markdown table; the resolved config at the start.
 
 Only process 0 tracks. A workdir on an object store (gs://) gets the trackers' files
 when the run ends: they are written to a local staging directory meanwhile (both
-libraries write local files) and copied through `lmc.io`. Trackers write through their
-own libraries, not `lmc.io`, so each call first asks `io.check_writable`: a run whose
+libraries write local files) and copied through `lmc.runtime.io`. Trackers write through their
+own libraries, not `lmc.runtime.io`, so each call first asks `io.check_writable`: a run whose
 workdir lock was taken over stops here too. A resumed run starts new event files (and
 a new W&B run); TensorBoard shows the steps after the checkpoint twice where a run was
 interrupted, metrics.jsonl does not.
@@ -47,8 +47,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from lmc import io
 from lmc.errors import UserError
+from lmc.runtime import io
 
 log = logging.getLogger(__name__)
 

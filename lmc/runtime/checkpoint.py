@@ -11,7 +11,7 @@ Multi-process runs save and restore collectively: every process calls `save` and
 a shared filesystem or an object store (`gs://bucket/run/checkpoints`). On gs:// Orbax
 marks a finished step with `commit_success.txt` instead of renaming a temp directory
 (GCS has no rename), array data goes through tensorstore's `gcs` driver, and everything
-else (digests, the quarantine) through `lmc.io`.
+else (digests, the quarantine) through `lmc.runtime.io`.
 A checkpoint restores onto whatever shardings the target has, so one written by N
 processes restores in a 1-process run and vice versa.
 """
@@ -28,8 +28,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
-from lmc import io
 from lmc.errors import UserError
+from lmc.runtime import io
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class Checkpointer:
 
     def save(self, step: int, state, force: bool = False) -> bool:
         if jax.process_index() == 0:
-            io.check_writable(self.directory)  # Orbax writes past lmc.io: a lost lock stops here
+            # Orbax writes past lmc.runtime.io: a lost lock stops here
+            io.check_writable(self.directory)
         try:
             saved = self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
             self.manager.wait_until_finished()

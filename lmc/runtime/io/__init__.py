@@ -2,7 +2,7 @@
 
 `--workdir` may be a local path or a URL (`gs://bucket/run`; also `s3://`, `az://`,
 `hf://`). Every workdir file goes through this package: paths (`path`), reads, atomic
-writes, JSON-lines appends, trees, the one-run-per-workdir lock (`lmc.io.lock`), and
+writes, JSON-lines appends, trees, the one-run-per-workdir lock (`lmc.runtime.io.lock`), and
 OS failures reported as `UserError`s that name the path and the fix.
 
 Why `etils.epath` (over fsspec used directly): it is already installed with Orbax and
@@ -28,18 +28,18 @@ Where the engine uses it: `lmc.experiments.run_experiment` holds the workdir loc
 (process 0) around everything and writes results.json; `experiments.workdir.prepare`
 reads and writes config.json (a corrupt one is a UserError naming it); the training
 loop creates run dirs and writes metrics.jsonl through `LineWriter`
-(`training.metrics_log`, flushed before every checkpoint); `lmc.checkpoint` gives
+(`training.metrics_log`, flushed before every checkpoint); `lmc.runtime.checkpoint` gives
 Orbax epaths and keeps digests and the quarantine here; plots are drawn into memory
-and written with `write_bytes_atomic`; `lmc.report` lists runs with `listdir`; `lmc
+and written with `write_bytes_atomic`; `lmc.cli.report` lists runs with `listdir`; `lmc
 sweep` keeps its `.sweep.lock`, sweep.json and point states here (the points' logs
 are local files while a point runs, copied to an object-store workdir when it stops).
 Config files stay local files. While a run holds the workdir lock, every write here
 into the workdir first passes the lock's guard (`check_writable`): once another run
-has taken the lock over, it raises `lmc.io.lock.LockLost` instead (exit code 4). `tests/test_gcs_e2e.py` runs, kills, resumes and
+has taken the lock over, it raises `lmc.runtime.io.lock.LockLost` instead (exit code 4). `tests/test_gcs_e2e.py` runs, kills, resumes and
 reports a spawn pair on gs:// (the emulator) and compares it bitwise with a local run.
 """
 
-from lmc.io.files import (
+from lmc.runtime.io.files import (
     LineWriter,
     PathLike,
     absolute,

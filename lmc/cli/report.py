@@ -6,8 +6,8 @@ sub-directories hold them); several DIRs are compared in one table per experimen
 
 from __future__ import annotations
 
-from lmc import io
 from lmc.errors import UserError
+from lmc.runtime import io
 
 
 def find_results(directory: io.PathLike) -> list[tuple[str, dict]]:

@@ -2,8 +2,7 @@
 
 A sweep is hundreds of `lmc run` processes that compile the same programs: model
 init, train step, evaluators. With the cache, later processes load the executables
-instead of compiling them. Measured on 2 CPU cores: `model.init` of a ResNet-20 took
-11.6 s in a fresh process and 1.3 s in the next one.
+instead of compiling them (README "Scaling out" has what it saves).
 
     LMC_COMPILATION_CACHE=DIR     cache directory (default ~/.cache/lmc/jax)
     LMC_COMPILATION_CACHE=off     no cache
@@ -44,7 +43,8 @@ def enable(path: str | os.PathLike | None = None) -> str | None:
         log.warning("compilation cache disabled: cannot create %s (%s)", directory, e)
         return None
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    # Model init compiles hundreds of small programs of ~0.1 s each: cache them all.
+    # Model init compiles hundreds of small programs, each too quick for the default
+    # threshold: cache them all.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)

@@ -36,10 +36,10 @@ def is_writer() -> bool:
 
 # ---------------------------------------------------------------------- write guards
 # Every write, append, removal and move below calls `check_writable(path)` first. The
-# workdir lock (`lmc.io.lock`) registers a guard that raises `LockLost` for a path in
+# workdir lock (`lmc.runtime.io.lock`) registers a guard that raises `LockLost` for a path in
 # its workdir once another run has taken the lock over, so a run stops before its next
 # write there rather than mixing its files with the new holder's. Orbax's checkpoint
-# writes do not pass through here: `lmc.checkpoint` calls `check_writable` before each.
+# writes do not pass through here: `lmc.runtime.checkpoint` calls `check_writable` before each.
 
 _write_guards: list[Callable[[str], None]] = []
 

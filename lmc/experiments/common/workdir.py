@@ -6,17 +6,17 @@ so the workdir is adopted for it and its checkpoints are reused: a trained pair 
 re-evaluated with another method without retraining. The previous results.json is
 kept beside the new one as results.<its config hash>.json.
 
-Local directories and object-store URLs alike (`lmc.io`)."""
+Local directories and object-store URLs alike (`lmc.runtime.io`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from lmc import io
 from lmc.errors import UserError
-from lmc.io.lock import LOCK_FILE
-from lmc.provenance import config_hash
+from lmc.runtime import io
+from lmc.runtime.io.lock import LOCK_FILE
+from lmc.runtime.provenance import config_hash
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 A method is a base with an optional normalization suffix (`+reset`: recompute
 BatchNorm statistics, `+repair`: REPAIR). Permutation specs are always traced from the
-model (`align.spec_from_model`), whatever the model family. Bases:
+model (`align.spec_from_model`), whatever the model family. Bases (`METHODS`: a
+function and one entry each):
 
 - `naive`: no alignment.
 - `weight_matching`: Git Re-Basin's weight matching over the traced permutations.
@@ -29,16 +30,15 @@ model (`align.spec_from_model`), whatever the model family. Bases:
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from lmc.errors import UserError
 
-BASE_METHODS = ("naive", "weight_matching", "activation_matching", "ste",
-                "weight_matching_heads", "weight_matching_orthogonal",
-                "learned_matching", "activation_matching_heads")  # fmt: skip
 # Plain weight matching's visiting orders tried before the nested refinement: its
 # objective has many local optima on attention layers.
 WM_RESTARTS = 4
@@ -52,13 +52,13 @@ TUPLE_SYNTAX = "--config.eval.methods=\"('naive','weight_matching')\""
 def parse_method(method: str) -> tuple[str, str | None]:
     """'weight_matching+repair' -> ('weight_matching', 'repair')."""
     base, _, norm = str(method).partition("+")
-    if base not in BASE_METHODS or norm not in NORM_SUFFIXES:
+    if base not in METHODS or norm not in NORM_SUFFIXES:
         hint = ""
         if "," in str(method):
             hint = f" (several methods are a tuple: {TUPLE_SYNTAX})"
         raise UserError(
             f"unknown method {method!r} in config.eval.methods{hint}; valid: "
-            f"{', '.join(BASE_METHODS)}, each optionally suffixed +reset or +repair"
+            f"{', '.join(METHODS)}, each optionally suffixed +reset or +repair"
         )
     return base, norm or None
 
@@ -81,12 +81,9 @@ def validate_methods(config, has_batchnorm: bool) -> None:
                 f"{config.model.norm!r} has none; use +repair (REPAIR) for models without "
                 "BatchNorm"
             )
-    if any(parse_method(m)[0] == "learned_matching" for m in methods):
-        steps, lr = config.align.learned_steps, config.align.learned_lr
-        if int(steps) != steps or steps < 1:
-            raise UserError(f"config.align.learned_steps must be a positive integer, got {steps!r}")
-        if not lr > 0:
-            raise UserError(f"config.align.learned_lr must be positive, got {lr!r}")
+    for base in dict.fromkeys(parse_method(m)[0] for m in methods):
+        if METHODS[base].check is not None:
+            METHODS[base].check(config)
     n = config.eval.num_alphas
     if n < 3:
         raise UserError(f"config.eval.num_alphas must be at least 3, got {n}")
@@ -101,43 +98,62 @@ def eval_norm(config, method_norm: str | None) -> str | None:
 
 def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tuple[dict, dict]:
     """B aligned to A by method `base`; returns (endpoint b', info for results.json)."""
-    if base == "naive":
+    method = METHODS[base]
+    if method.align is None:  # naive: the endpoints as trained, nothing to time
         return eb, {}
+    t0 = time.perf_counter()
+    aligned, info = method.align(config, model, dataset, ea, eb)
+    return aligned, {**info, "align_s": round(time.perf_counter() - t0, 3)}
+
+
+def _key(config) -> jax.Array:
+    return jax.random.key(int(config.align.seed))
+
+
+def _spec(model, dataset, nested: bool = False):
     from lmc import align
 
-    t0 = time.perf_counter()
-    spec = align.spec_from_model(model, dataset.train_x[:2])
-    key = jax.random.key(int(config.align.seed))
-    if base == "weight_matching":
-        perms, info = align.weight_matching(spec, ea, eb, key=key, max_iter=config.align.max_iter)
-        extra = {"sweeps": int(info["sweeps"])}
-    elif base == "weight_matching_orthogonal":
-        return orthogonal_matching(config, model, dataset, ea, eb, key, t0)
-    elif base == "learned_matching":
-        return learned(config, model, dataset, ea, eb, key, t0)
-    elif base == "weight_matching_heads":
-        aligned, info = align.weight_matching_heads(
-            model, ea, eb, dataset.train_x[:2], key=key, max_iter=int(config.align.max_iter),
-            restarts=WM_RESTARTS,
-        )  # fmt: skip
-        return aligned, {**heads_info(info), "align_s": round(time.perf_counter() - t0, 3)}
-    elif base in ("activation_matching", "activation_matching_heads"):
-        if base == "activation_matching_heads":
-            spec = align.spec_from_model(model, dataset.train_x[:2], nested=True)
-            if not align.nested_units(spec):
-                raise UserError(
-                    "activation_matching_heads needs nested units (attention heads): every "
-                    "permutation of this model's traced spec is plain; use activation_matching"
-                )
-        batches = [x for x, _ in align_batches(config, dataset)]
-        perms, info = align.activation_matching(spec, model, ea, eb, batches)
-        extra = {}
-    else:
-        perms, info = straight_through(config, model, dataset, spec, ea, eb, key)
-        extra = {"steps": int(config.align.ste_steps), "sweeps": int(info.get("sweeps", 0))}
-    aligned = align.apply_permutation(spec, perms, eb)
-    extra["align_s"] = round(time.perf_counter() - t0, 3)
-    return aligned, extra
+    return align.spec_from_model(model, dataset.train_x[:2], nested=nested)
+
+
+def weight_matching(config, model, dataset, ea, eb):
+    from lmc import align
+
+    spec = _spec(model, dataset)
+    perms, info = align.weight_matching(
+        spec, ea, eb, key=_key(config), max_iter=config.align.max_iter
+    )
+    return align.apply_permutation(spec, perms, eb), {"sweeps": int(info["sweeps"])}
+
+
+def heads_matching(config, model, dataset, ea, eb):
+    """`weight_matching_heads`."""
+    from lmc import align
+
+    aligned, info = align.weight_matching_heads(
+        model, ea, eb, dataset.train_x[:2], key=_key(config), max_iter=int(config.align.max_iter),
+        restarts=WM_RESTARTS,
+    )  # fmt: skip
+    return aligned, heads_info(info)
+
+
+def activation_matching(config, model, dataset, ea, eb, nested: bool = False):
+    from lmc import align
+
+    spec = _spec(model, dataset, nested=nested)
+    if nested and not align.nested_units(spec):
+        raise UserError(
+            "activation_matching_heads needs nested units (attention heads): every "
+            "permutation of this model's traced spec is plain; use activation_matching"
+        )
+    batches = [x for x, _ in align_batches(config, dataset)]
+    perms, _ = align.activation_matching(spec, model, ea, eb, batches)
+    return align.apply_permutation(spec, perms, eb), {}
+
+
+def activation_heads_matching(config, model, dataset, ea, eb):
+    """`activation_matching_heads`."""
+    return activation_matching(config, model, dataset, ea, eb, nested=True)
 
 
 def heads_info(info: dict) -> dict:
@@ -152,20 +168,26 @@ def orthogonal_info(info: dict) -> dict:
     return {k: info[k] for k in keys}
 
 
-def orthogonal_matching(config, model, dataset, ea, eb, key, t0):
+def orthogonal_matching(config, model, dataset, ea, eb):
     """`weight_matching_orthogonal`: returns (aligned endpoint b, info for results.json)."""
     from lmc import align
 
     aligned, info = align.weight_matching_orthogonal(
-        model, ea, eb, dataset.train_x[:2], key=key, max_iter=int(config.align.max_iter),
+        model, ea, eb, dataset.train_x[:2], key=_key(config), max_iter=int(config.align.max_iter),
         restarts=WM_RESTARTS,
     )  # fmt: skip
-    extra = orthogonal_info(info)
-    extra["align_s"] = round(time.perf_counter() - t0, 3)
-    return aligned, extra
+    return aligned, orthogonal_info(info)
 
 
-def learned(config, model, dataset, ea, eb, key, t0):
+def check_learned(config) -> None:
+    steps, lr = config.align.learned_steps, config.align.learned_lr
+    if int(steps) != steps or steps < 1:
+        raise UserError(f"config.align.learned_steps must be a positive integer, got {steps!r}")
+    if not lr > 0:
+        raise UserError(f"config.align.learned_lr must be positive, got {lr!r}")
+
+
+def learned(config, model, dataset, ea, eb):
     """`learned_matching`: returns (aligned endpoint b, info)."""
     from lmc import align
 
@@ -174,7 +196,7 @@ def learned(config, model, dataset, ea, eb, key, t0):
     steps = int(config.align.learned_steps)
     batches = (dataset.train_batch(seed, s, size) for s in range(steps))
     aligned, info = align.learned_matching(
-        model, ea, eb, dataset.train_x[:2], batches, key=key, steps=steps,
+        model, ea, eb, dataset.train_x[:2], batches, key=_key(config), steps=steps,
         learning_rate=float(config.align.learned_lr), alpha=LEARNED_ALPHAS,
         max_iter=int(config.align.max_iter), restarts=WM_RESTARTS,
     )  # fmt: skip
@@ -184,16 +206,16 @@ def learned(config, model, dataset, ea, eb, key, t0):
         **orthogonal_info(info), "steps": info["steps"], "learned_classes": info["classes"],
         "path_loss_first": losses[0] if losses else None,
         "path_loss_last": float(np.mean(losses[-tail:])) if losses else None,
-        "align_s": round(time.perf_counter() - t0, 3),
     }  # fmt: skip
 
 
-def straight_through(config, model, dataset, spec, ea, eb, key):
+def straight_through(config, model, dataset, ea, eb):
     """`align.ste` on the training loss of interpolated networks over the fixed
     alignment batches, `config.align.ste_steps` steps (Git Re-Basin's STE)."""
     from lmc import align
     from lmc.evaluate.metrics import cross_entropy
 
+    spec = _spec(model, dataset)
     batches = align_batches(config, dataset)
 
     def loss(tree, batch):
@@ -201,10 +223,12 @@ def straight_through(config, model, dataset, spec, ea, eb, key):
         return cross_entropy(logits, batch[1]).mean()
 
     steps = int(config.align.ste_steps)
-    return align.ste(
-        spec, ea, eb, loss, (batches[i % len(batches)] for i in range(steps)), key=key,
+    perms, info = align.ste(
+        spec, ea, eb, loss, (batches[i % len(batches)] for i in range(steps)), key=_key(config),
         steps=steps, max_iter=int(config.align.max_iter),
     )  # fmt: skip
+    aligned = align.apply_permutation(spec, perms, eb)
+    return aligned, {"steps": steps, "sweeps": int(info.get("sweeps", 0))}
 
 
 def align_batches(config, dataset) -> list[tuple]:
@@ -214,3 +238,26 @@ def align_batches(config, dataset) -> list[tuple]:
     size = min(int(config.batch_size), dataset.num_train)
     seed = int(config.align.seed) + 10_000  # not any child's data seed
     return [dataset.train_batch(seed, step, size) for step in range(n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """`align(config, model, dataset, ea, eb) -> (b aligned to a, info)`: info goes to
+    results.json (align_endpoint adds the time, align_s); None: b as trained.
+    `check(config)`: the method's config keys, checked before any training."""
+
+    align: Callable | None
+    check: Callable | None = None
+
+
+# The bases of config.eval.methods; adding a method is its function and one entry.
+METHODS = {
+    "naive": Method(None),
+    "weight_matching": Method(weight_matching),
+    "activation_matching": Method(activation_matching),
+    "ste": Method(straight_through),
+    "weight_matching_heads": Method(heads_matching),
+    "weight_matching_orthogonal": Method(orthogonal_matching),
+    "learned_matching": Method(learned, check=check_learned),
+    "activation_matching_heads": Method(activation_heads_matching),
+}

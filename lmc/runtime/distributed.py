@@ -1,7 +1,7 @@
 """JAX's multi-controller runtime: initialize when on a cluster or when asked to.
 
 Every process runs the same `lmc run` command; `jax.distributed.initialize()` joins
-them into one program whose devices form one mesh (see lmc.sharding). When:
+them into one program whose devices form one mesh (see lmc.runtime.sharding). When:
 
 - explicit flags: `--coordinator=HOST:PORT --num_processes=N --process_id=I`;
 - `LMC_DISTRIBUTED=1`: always, with JAX detecting the cluster itself (Cloud TPU VM

@@ -15,7 +15,7 @@ import numpy as np
 from lmc import evaluate
 from lmc.evaluate import METRICS
 from lmc.evaluate.metrics import language_model_metrics
-from lmc.experiments import methods as methods_lib
+from lmc.experiments.common import methods as methods_lib
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +93,3 @@ def summarize(pair_entries: list[dict]) -> dict:
             summary[f"{kind}_std"] = {m: float(v.std()) for m, v in values.items()}
         methods[method] = summary
     return methods
-
-
-def merge_points(runs: list[tuple[str, dict]], key: str) -> dict:
-    """Sweep-shaped results of several runs (e.g. the points of an `lmc sweep`, one k
-    or one pair each) as one: the pairs at equal `key` values pooled, mean and std
-    recomputed over all of them."""
-    pooled: dict = {}
-    extra: dict = {}
-    for _, results in runs:
-        for point in results["points"]:
-            pooled.setdefault(point[key], []).extend(point["pairs"])
-            extra[point[key]] = {k: v for k, v in point.items()
-                                 if k not in (key, "methods", "pairs")}  # fmt: skip
-    points = [{key: value, **extra[value], "methods": summarize(pairs), "pairs": pairs}
-              for value, pairs in sorted(pooled.items())]  # fmt: skip
-    return {"sweep_key": key, "points": points}

@@ -22,7 +22,7 @@ Check-and-set is atomic so two runs starting together cannot both win:
 
 A holder whose lock is taken over (it was suspended, or cut off from the store, for
 longer than its lease) must not write again: while held, the lock guards every write
-through `lmc.io` below its workdir (and `lmc.checkpoint` checks before each save).
+through `lmc.runtime.io` below its workdir (and `lmc.runtime.checkpoint` checks before each save).
 Before a write the guard raises `LockLost`, naming the new holder, once `Lock.lost` is
 set (by a heartbeat that found another run's token), and it first renews the lease
 itself when the last confirmed heartbeat is older than half the lease (the heartbeat
@@ -30,7 +30,7 @@ thread may be behind, e.g. right after the process was resumed from a suspension
 CLI exits with `EXIT_LOCK_LOST` (4). What is not covered: a write already under way
 when the process was suspended completes when it resumes.
 
-The lease: `lease_s` (120 s by default; the environment variable `LMC_LOCK_LEASE_S`
+The lease: `lease_s` (by default 120 s; the environment variable `LMC_LOCK_LEASE_S`
 overrides the default, e.g. longer for hosts that are suspended for minutes).
 
 Multi-process runs: only the writer (process 0) takes the lock (`writer=`).
@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from lmc.errors import UserError
-from lmc.io import files
+from lmc.runtime.io import files
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def workdir_lock(
     """Hold the workdir's lock for the block (yields the Lock; None where `writer` is
     false, default: not process 0). Raises UserError if a live run holds it. `name`
     is the lock file's name in the workdir (a sweep holds `.sweep.lock` while each of
-    its points' runs holds its own point's `.lmc.lock`). Writes through `lmc.io` into
+    its points' runs holds its own point's `.lmc.lock`). Writes through `lmc.runtime.io` into
     the workdir raise LockLost once another run has taken the lock over."""
     if not (files.is_writer() if writer is None else writer):
         yield None

@@ -65,17 +65,19 @@ def checkpoint_dirs(config) -> list[str]:
 
 
 def load_model(config, dataset) -> models.Model:
-    """`config.model` for `dataset`'s classes; a transformer needs text, and vice versa."""
+    """`config.model` for `dataset`'s classes; a model reads text or images, and the
+    data must be of that kind."""
     text = dataset.kind == "text"
     if checkpoint_dirs(config):
         return _checkpoint_model(config, dataset)
     if models.is_plugin(config.model.name):  # a user's model: they know what it takes
         return models.from_config(config.model, dataset.num_classes, dataset.train_x.shape[1:])
-    if (config.model.name == "transformer") != text:
+    reads = models.reads(config.model.name)
+    if reads is not None and (reads == models.TEXT) != text:
         raise UserError(
             f"config.model.name={config.model.name!r} does not fit config.data.name="
-            f"{config.data.name!r}: the transformer is a language model for text:* data, and "
-            "text data needs config.model.name='transformer'"
+            f"{config.data.name!r}: model {config.model.name!r} reads {reads} data, and text:* "
+            f"data needs a language model (config.model.name: {' or '.join(models.text_models())})"
         )
     if text and dataset.context > int(config.model.context):
         raise UserError(
