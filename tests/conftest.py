@@ -19,7 +19,7 @@ import configs_path  # noqa: E402,F401  (puts the repo root on sys.path)
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
-from lmc import compilation_cache  # noqa: E402
+from lmc.runtime import compilation_cache  # noqa: E402
 
 compilation_cache.enable()
 

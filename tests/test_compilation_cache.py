@@ -51,7 +51,7 @@ def test_a_second_process_loads_compiled_programs(tmp_path):
     """What the cache is for: the next `lmc` process finds the executables on disk."""
     script = (
         "import jax, jax.numpy as jnp\n"
-        "from lmc import compilation_cache\n"
+        "from lmc.runtime import compilation_cache\n"
         "compilation_cache.enable()\n"
         "print(float(jax.jit(lambda x: jnp.sin(x) * 3 + 1)(jnp.arange(7.0)).sum()))\n"
     )
