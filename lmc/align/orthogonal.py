@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -38,7 +38,7 @@ from jax.extend import core as jcore
 
 from lmc.align.axes import map_axis, unit_rows
 from lmc.align.calls import called
-from lmc.align.spec import Path, PermutationSpec, get_leaf, set_leaves
+from lmc.align.spec import Path, PermutationSpec, get_leaf, permute_leaf, set_leaves
 from lmc.align.threads import blas_threads, single_threaded
 from lmc.align.trace import tree_paths
 from lmc.errors import UserError
@@ -217,7 +217,11 @@ def unfold(roles: Roles, folded, like):
     The inverse of `fold` with another model's norms: B aligned in folded form goes
     back to A's gauge, so that interpolating it with A equals interpolating the two
     folded models (both are linear in the reader weights)."""
-    updates = {}
+    return set_leaves(folded, dict(_unfold_leaves(roles, folded, like)))
+
+
+def _unfold_leaves(roles: Roles, folded, like):
+    """(path, new leaf) of `unfold`, one leaf at a time."""
     for n in roles.norms:
         s = np.asarray(get_leaf(like, n.scale), np.float64)
         if np.abs(s).min() < 1e-6:
@@ -228,15 +232,13 @@ def unfold(roles: Roles, folded, like):
             shape = [1] * w.ndim
             shape[r.axis] = -1
             w = w / s.reshape(shape)
-            updates[r.kernel] = w.astype(np.float32)
             if b is not None:
                 c = np.asarray(get_leaf(folded, r.bias), np.float64)
-                c = c - np.tensordot(b, w, axes=([0], [r.axis]))
-                updates[r.bias] = c.astype(np.float32)
-        updates[n.scale] = s.astype(np.float32)
+                yield r.bias, (c - np.tensordot(b, w, axes=([0], [r.axis]))).astype(np.float32)
+            yield r.kernel, w.astype(np.float32)
+        yield n.scale, s.astype(np.float32)
         if b is not None:
-            updates[n.bias] = b.astype(np.float32)
-    return set_leaves(folded, updates)
+            yield n.bias, b.astype(np.float32)
 
 
 def to_rmsnorm(roles: Roles, params):
@@ -289,16 +291,44 @@ def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
 def rotate(roles: Roles, r: np.ndarray, params):
     """Every residual axis x[..., j, ...] -> sum_j x[..., j, ...] R[j, i] (norm params,
     all ones/zeros after folding, are left alone). float32, like the params."""
+    tree = _owned(params)
+    for path, leaf in _rotated_leaves(roles, r, tree):
+        _put(tree, path, leaf)
+    return _restored(tree, params)
+
+
+def _rotated_leaves(roles: Roles, r: np.ndarray, tree):
+    """(path, rotated leaf), one at a time; a leaf with two residual axes is read
+    again after its first is rotated, so `_put` each before the next is drawn."""
     skip = roles.norm_leaves()
     r = np.asarray(r, np.float32)
-    updates = {}
     for path, axis in roles.axes:
         if path in skip:
             continue
-        x = np.asarray(get_leaf(params, path), np.float32)
+        x = np.asarray(get_leaf(tree, path), np.float32)
         with blas_threads(x.size * len(r)):
-            updates[path] = map_axis(x, r, axis)
-    return set_leaves(params, updates)
+            yield path, map_axis(x, r, axis)
+
+
+def _owned(tree):
+    """A copy of the tree's containers (the leaves shared): leaves can then be
+    replaced one at a time, each old one freed as soon as nothing else holds it."""
+    if isinstance(tree, Mapping):
+        return {k: _owned(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_owned(v) for v in tree]
+    return tree
+
+
+def _restored(tree, like):
+    """`tree` with the container types of `like` again (`_owned` makes tuples lists)."""
+    return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(tree))
+
+
+def _put(tree, path, leaf) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = leaf
 
 
 def residual_cost(roles: Roles, folded_a, folded_b) -> np.ndarray:
@@ -389,17 +419,17 @@ def weight_matching_orthogonal(
     rotation starts from the permutation weight matching found (a permutation matrix
     fixes the ones vector). Returns (B aligned in A's gauge, info: `objective`, J
     after each round; `sweeps` and `restart_objectives` of the first round)."""
-    from lmc.align.spec import apply_permutation
     from lmc.align.weight_matching import weight_matching
 
     key = jax.random.key(0) if key is None else key
-    fa, fb = fold(roles, params_a), fold(roles, params_b)
+    fa = _owned(fold(roles, params_a))  # containers like current's (tuples as lists)
+    # B is held once: its folded copy, permuted and rotated leaf by leaf in place.
+    current = _owned(fold(roles, params_b))
     # J after a rotation is tr(C R) when no leaf has two residual axes (the usual case):
     # no pass over the weights to compute it.
     paths = [p for p, _ in roles.axes]
     linear = len(paths) == len(set(paths))
     info = {"objective": [], "rounds": int(rounds)}
-    current = fb
     for i in range(int(rounds)):
         perms, wm = weight_matching(
             spec, fa, current, key=jax.random.fold_in(key, i), init=init if i == 0 else None,
@@ -407,11 +437,17 @@ def weight_matching_orthogonal(
         )  # fmt: skip
         if i == 0:
             info.update(sweeps=wm["sweeps"], restart_objectives=wm.get("restart_objectives", []))
-        current = apply_permutation(spec, perms, current)
+        perms = {n: np.asarray(p) for n, p in perms.items()}
+        for path, refs in spec.by_leaf().items():
+            _put(current, path, permute_leaf(np.asarray(get_leaf(current, path)), refs, perms))
         cost = residual_cost(roles, fa, current)
         r = best_rotation(cost)
-        current = rotate(roles, r, current)
+        for path, leaf in _rotated_leaves(roles, r, current):
+            _put(current, path, leaf)
         info["objective"].append(
             float(np.trace(cost @ r)) if linear else objective(roles, fa, current)
         )
-    return unfold(roles, current, params_a), info
+    del fa
+    for path, leaf in _unfold_leaves(roles, current, params_a):
+        _put(current, path, leaf)  # each leaf is read once, before it is replaced
+    return _restored(current, params_b), info
