@@ -4,6 +4,7 @@
     python benchmarks/align_scale.py --quick                 # small shapes, seconds
     python benchmarks/align_scale.py --only gpt2_small --methods weight_matching
     python benchmarks/align_scale.py --previous=/path/to/old/checkout   # side by side
+    python benchmarks/align_scale.py --restarts=1    # every method with one visiting order
 
 Each (shape, method) runs in a fresh subprocess on two independently initialized
 models (random init: the assignment problems are at their least structured), so the
@@ -18,9 +19,9 @@ methods the older code lacks as Python recipes go through its experiment engine'
 functions when it has them.
 
 Methods: `weight_matching` (plain permutations), `weight_matching_heads` (heads
-as units with per-head query/key and value/output permutations, started from plain
-weight matching), `weight_matching_orthogonal` (heads, then Procrustes rounds of the
-residual-stream rotation), `activation_matching` (transformers: 8 batches of
+as units with per-head query/key and value/output permutations),
+`weight_matching_orthogonal` (the same matching alternated with Procrustes rounds of
+the residual-stream rotation), `activation_matching` (transformers: 8 batches of
 random tokens). The objective J = sum <W_a, T(W_b)> over the params is printed for
 each, so a faster solve can be checked to reach the same optimum.
 """
@@ -36,6 +37,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# `--restarts N` reaches the worker through this variable (0 or unset: defaults).
+RESTARTS_ENV = "LMC_ALIGN_SCALE_RESTARTS"
 
 # name -> (kind, sizes). Transformers are lmc's byte-level LM (vocab 256), so the
 # parameter count is the blocks' (GPT-2's 50k-token embedding would add 39M).
@@ -169,9 +172,12 @@ def _run_method(method: str, kind: str, model, x, ea, eb):
     from lmc import align
 
     key = jax.random.key(0)
+    restarts = int(os.environ.get(RESTARTS_ENV, "0"))  # 0: each method's default
     spec = align.spec_from_model(model, x)
     if method == "weight_matching":
-        perms, info = align.weight_matching(spec, ea["params"], eb["params"], key=key)
+        perms, info = align.weight_matching(
+            spec, ea["params"], eb["params"], key=key, restarts=max(restarts, 1)
+        )
         return align.apply_permutation(spec, perms, eb)["params"], {"sweeps": info["sweeps"]}
     if method == "activation_matching":
         rng = np.random.default_rng(0)
@@ -182,7 +188,8 @@ def _run_method(method: str, kind: str, model, x, ea, eb):
         perms, _ = align.activation_matching(spec, model, ea, eb, batches)
         return align.apply_permutation(spec, perms, eb)["params"], {}
     if hasattr(align, method):  # the public recipes
-        out, info = getattr(align, method)(model, ea, eb, x, key=key)
+        kwargs = {"restarts": restarts} if restarts else {}
+        out, info = getattr(align, method)(model, ea, eb, x, key=key, **kwargs)
         return out["params"], {k: v for k, v in info.items() if isinstance(v, (int, float))}
     # Older checkouts: the experiment engine's functions.
     import ml_collections
@@ -228,6 +235,7 @@ def worker(shape: str, method: str) -> dict:
         "peak_over_model": round((peak - before) * 1024 / model_bytes, 2),
         "peak_gib": round(peak / 2**20, 2),
         "objective": _objective(ea["params"], aligned),
+        "restarts": int(os.environ.get(RESTARTS_ENV, "0")) or "default",
         "naive_objective": _objective(ea["params"], eb["params"]),
         **{k: v for k, v in info.items() if k in ("sweeps",)},
     }
@@ -252,14 +260,17 @@ def run_case(shape: str, method: str, code: Path, timeout: float) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| shape | params (M) | method | code | time (s) | peak / model | J | sweeps |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = (
+        "| shape | params (M) | method | restarts | code | time (s) | peak / model | J | sweeps |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['shape']} | | {r['method']} | {r['code']} | {r['error']} | | | |")
+            lines.append(f"| {r['shape']} | | {r['method']} | | {r['code']} | {r['error']} | | | |")
             continue
         lines.append(
-            f"| {r['shape']} | {r['params_m']} | {r['method']} | {r['code']} | {r['wall_s']} | "
+            f"| {r['shape']} | {r['params_m']} | {r['method']} | {r.get('restarts', '')} | "
+            f"{r['code']} | {r['wall_s']} | "
             f"{r['peak_over_model']} | {r['objective']:.6g} | {r.get('sweeps', '')} |"
         )
     return "\n".join(lines)
@@ -291,7 +302,16 @@ def main():
     parser.add_argument("--methods", help="comma-separated methods")
     parser.add_argument("--previous", help="a checkout of older lmc code to run beside")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=0,
+        help="visiting orders for every method (weight matching and the recipes); "
+        "default: each method's own (plain 1, recipes 4)",
+    )
     args = parser.parse_args()
+    if args.restarts:
+        os.environ[RESTARTS_ENV] = str(args.restarts)
     split = lambda s: tuple(s.split(",")) if s else None  # noqa: E731
     rows = run(args.quick, split(args.only), split(args.methods), args.previous, args.timeout)
     print()
