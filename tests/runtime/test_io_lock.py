@@ -323,7 +323,7 @@ def _snapshot(workdir: Path) -> dict:
 
 def test_a_suspended_run_whose_lock_is_taken_over_exits_4_without_writing(tmp_path):
     workdir = tmp_path / "w"
-    env = subprocess_env(**{lock_lib.LEASE_ENV: "2"})
+    env = subprocess_env(**{lock_lib.LEASE_ENV: "1"})
     run = subprocess.Popen(
         [sys.executable, "-m", "lmc.cli", "run", f"--workdir={workdir}",
          *tiny_flags(**{"model.width": 16, "model.depth": 1, "num_steps": 100000,
@@ -337,7 +337,7 @@ def test_a_suspended_run_whose_lock_is_taken_over_exits_4_without_writing(tmp_pa
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()
             time.sleep(0.05)
         os.kill(run.pid, signal.SIGSTOP)  # suspended (a stopped VM, a swapped-out host)
-        time.sleep(2.5)  # past its 2 s lease
+        time.sleep(1.25)  # past its 1 s lease
         taker = subprocess.run([sys.executable, "-c", _TAKER, str(workdir)], env=env,
                                capture_output=True, text=True, timeout=60)  # fmt: skip
         assert taker.returncode == 0, taker.stderr
