@@ -3,7 +3,7 @@
     python benchmarks/mutation.py                 # every mutation, with a baseline run
     python benchmarks/mutation.py --only NAME,..  # a subset
     python benchmarks/mutation.py --list          # names, files and tests, nothing run
-    python benchmarks/mutation.py --only STE --tests tests/test_align_methods.py
+    python benchmarks/mutation.py --only STE --tests tests/align/test_align_methods.py
                                                   # would these other tests catch it?
 
 Each entry of `MUTATIONS` is one semantic breakage: the file, an exact snippet of it,
@@ -49,11 +49,10 @@ class Mutation:
     tests: tuple[str, ...]  # pytest paths or node ids, relative to the root
 
 
-DATA_ORDER = "tests/test_data_order_science.py"
-SCIENCE = "tests/test_science_align_eval.py"
-INPUTS_TRAINING = "tests/test_engine_inputs_training.py"
-INPUTS_EVAL = "tests/test_engine_inputs_eval.py"
-INPUTS_TEXT = "tests/test_engine_inputs_text.py"
+DATA_ORDER = "tests/data/test_data_order_science.py"
+INPUTS_TRAINING = "tests/training/test_engine_inputs_training.py"
+INPUTS_EVAL = "tests/evaluate/test_engine_inputs_eval.py"
+INPUTS_TEXT = "tests/data/test_engine_inputs_text.py"
 
 MUTATIONS = [
     Mutation(
@@ -71,7 +70,7 @@ MUTATIONS = [
         "lmc/data/order.py",
         "return perm[within * batch_size : (within + 1) * batch_size]",
         "return perm[:batch_size]",
-        ("tests/test_data.py", DATA_ORDER),
+        ("tests/data/test_data.py", DATA_ORDER),
     ),
     Mutation(
         "augmentation: key not folded with the step",
@@ -100,8 +99,8 @@ MUTATIONS = [
         'if norm == "none":\n        return lerp_stacked(',
         'if norm in ("none", "reset"):\n        return lerp_stacked(',
         (
-            f"{SCIENCE}::test_reset_lowers_a_batchnorm_pairs_interpolated_loss",
-            "tests/test_evaluate_normalization.py",
+            "tests/evaluate/test_evaluate_normalization.py::test_reset_lowers_a_batchnorm_pairs_interpolated_loss",
+            "tests/evaluate/test_evaluate_normalization.py",
         ),
     ),
     Mutation(
@@ -110,7 +109,7 @@ MUTATIONS = [
         'scale = targets[key]["std"] / np.sqrt(measured[key]["var"] + EPS)',
         'scale = np.ones_like(measured[key]["var"])',
         (
-            f"{SCIENCE}::test_repair_brings_channel_statistics_to_the_interpolated_endpoint_statistics",
+            "tests/evaluate/test_evaluate_normalization.py::test_repair_brings_channel_statistics_to_the_interpolated_endpoint_statistics",
         ),
     ),
     Mutation(
@@ -118,7 +117,7 @@ MUTATIONS = [
         "lmc/align/ste.py",
         "return optax.apply_updates(proxy, updates), opt_state, loss",
         "return proxy, opt_state, loss",
-        (f"{SCIENCE}::test_ste_lowers_the_midpoint_loss_that_weight_matching_leaves",),
+        ("tests/align/test_ste.py::test_ste_lowers_the_midpoint_loss_that_weight_matching_leaves",),
     ),
     Mutation(
         "learned matching: the orthogonal maps never move",
@@ -126,7 +125,7 @@ MUTATIONS = [
         "return optax.apply_updates(theta, updates), opt_state, loss",
         "return theta, opt_state, loss",
         (
-            "tests/test_align_transformer.py::"
+            "tests/align/test_align_transformer.py::"
             "test_learned_matching_recovers_planted_orthogonal_maps_and_keeps_bs_function",
         ),
     ),
@@ -135,42 +134,42 @@ MUTATIONS = [
         "lmc/evaluate/barriers.py",
         "gaps = [v - ((1 - a) * f0 + a * f1) for a, v in zip(alphas, values, strict=True)]",
         "gaps = [v - (f0 + f1) / 2 for a, v in zip(alphas, values, strict=True)]",
-        ("tests/test_evaluate_barriers.py",),
+        ("tests/evaluate/test_evaluate_barriers.py",),
     ),
     Mutation(
         "weight matching: stops after one sweep",
         "lmc/align/weight_matching.py",
         "        if not progress:\n            break\n    return perms, objectives, sweeps",
         "        break\n    return perms, objectives, sweeps",
-        ("tests/test_align_weight_matching.py",),
+        ("tests/align/test_align_weight_matching.py",),
     ),
     Mutation(
         "axis kernels: nested permutations' row maps applied before their unit's",
         "lmc/align/axes.py",
         "sorted(others, key=lambda o: o[3] is not None)",
         "sorted(others, key=lambda o: o[3] is None)",
-        ("tests/test_align_axes.py",),
+        ("tests/align/test_align_axes.py",),
     ),
     Mutation(
         "weight matching: a head family's nested costs read with B's heads unpermuted",
         "lmc/align/nested.py",
         "total[i, g] += c[i, g][rows, cols].sum(dtype=np.float64)",
         "total[i, g] += c[i, i][rows, cols].sum(dtype=np.float64)",
-        ("tests/test_align_transformer.py",),
+        ("tests/align/test_align_transformer.py",),
     ),
     Mutation(
         "spec rule: transpose ignores its permutation",
         "lmc/align/rules.py",
         'return [tuple(ins[0][p] for p in eqn.params["permutation"])]',
         "return [tuple(ins[0])]",
-        ("tests/test_align_trace.py",),
+        ("tests/align/test_align_trace.py",),
     ),
     Mutation(
         "spec rule: a flatten's factors in the wrong order",
         "lmc/align/rules.py",
         "g.composite(gj[0], tuple(gi))",
         "g.composite(gj[0], tuple(reversed(gi)))",
-        ("tests/test_align_trace.py",),
+        ("tests/align/test_align_trace.py",),
     ),
     Mutation(
         "pair: the curve is measured on the unaligned B (alignment wiring)",
@@ -178,8 +177,8 @@ MUTATIONS = [
         "model.apply, ea, aligned, dataset,",
         "model.apply, ea, eb, dataset,",
         (
-            "tests/test_experiments.py::test_pair_with_every_alignment_method",
-            "tests/test_experiments.py::test_batchnorm_suffixes_reach_the_evaluator_and_alignment_helps",
+            "tests/experiments/test_experiments.py::test_pair_with_every_alignment_method",
+            "tests/experiments/test_experiments.py::test_batchnorm_suffixes_reach_the_evaluator_and_alignment_helps",
         ),
     ),
     Mutation(
@@ -187,7 +186,7 @@ MUTATIONS = [
         "lmc/training/loop.py",
         "state = template if restored is None else restored",
         "state = template if restored is None else {**restored, 'step': template['step']}",
-        ("tests/test_train.py::test_resume_after_checkpoint_is_bitwise_identical",),
+        ("tests/training/test_train.py::test_resume_after_checkpoint_is_bitwise_identical",),
     ),
     Mutation(
         "spawn: a child does not continue the parent's step (schedule restarts)",
@@ -195,7 +194,7 @@ MUTATIONS = [
         'for key in ("params", "model_state", "opt_state", "step"):',
         'for key in ("params", "model_state", "opt_state"):',
         (
-            "tests/test_train.py::test_spawn_from_parent_equals_uninterrupted_training_with_same_seeds",
+            "tests/training/test_train.py::test_spawn_from_parent_equals_uninterrupted_training_with_same_seeds",
         ),
     ),
     Mutation(
@@ -204,7 +203,7 @@ MUTATIONS = [
         "rows = [m.dataset.train_batch(m.seeds.data, step, self.batch_size)",
         "rows = [m.dataset.train_batch(self.members[0].seeds.data, step, self.batch_size)",
         (
-            "tests/test_train.py::test_population_training_is_bitwise_identical_to_sequential_children",
+            "tests/training/test_train.py::test_population_training_is_bitwise_identical_to_sequential_children",
         ),
     ),
     Mutation(
@@ -213,7 +212,7 @@ MUTATIONS = [
         'overrides = {"experiment": "parent", "instability.spawn_steps": tuple(sorted(steps))}',
         'overrides = {"experiment": "parent", "instability.spawn_steps": tuple(sorted(steps)), "seed": 99}',
         (
-            "tests/test_sweep.py::test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure",
+            "tests/cli/test_sweep.py::test_instability_sweep_trains_one_parent_and_ends_in_the_single_run_figure",
         ),
     ),
     # Inputs the engine chooses for correct kernels (issue 26): which checkpoint, rows,
@@ -353,7 +352,7 @@ MUTATIONS = [
         "return ckpt.restore(step, template)",
         "return ckpt.restore(min(ckpt.steps()), template)",
         (
-            "tests/test_instability_onset.py::"
+            "tests/experiments/test_instability_onset.py::"
             "test_outcome_cnn_on_digits_is_unstable_at_init_and_stable_from_midway",
         ),
     ),
@@ -362,7 +361,13 @@ MUTATIONS = [
         "lmc/runtime/io/lock.py",
         "        if self.lost:\n            raise LockLost(_lost_message(self, path))",
         "        if False:\n            raise LockLost(_lost_message(self, path))",
-        ("tests/test_lock_lost.py",),
+        (
+            "tests/runtime/test_io_lock.py::test_writes_in_the_workdir_stop_once_the_lock_is_lost",
+            "tests/runtime/test_io_lock.py::"
+            "test_a_write_renews_a_stale_lease_itself_and_a_checkpoint_save_is_refused",
+            "tests/runtime/test_io_lock.py::"
+            "test_a_suspended_run_whose_lock_is_taken_over_exits_4_without_writing",
+        ),
     ),
     Mutation(
         "lock lease: a write after a suspension does not renew (and so check) the lock",
@@ -370,9 +375,9 @@ MUTATIONS = [
         "            try:\n                heartbeat(self)",
         "            try:\n                pass",
         (
-            "tests/test_lock_lost.py::"
+            "tests/runtime/test_io_lock.py::"
             "test_a_write_renews_a_stale_lease_itself_and_a_checkpoint_save_is_refused",
-            "tests/test_lock_lost.py::"
+            "tests/runtime/test_io_lock.py::"
             "test_a_suspended_run_whose_lock_is_taken_over_exits_4_without_writing",
         ),
     ),
@@ -382,8 +387,8 @@ MUTATIONS = [
         "        ifGenerationMatch=if_generation,\n",
         "",
         (
-            "tests/test_io_lock.py::test_racing_gcs_acquirers_one_wins_by_generation_precondition",
-            "tests/test_io_lock.py::"
+            "tests/runtime/test_io_lock.py::test_racing_gcs_acquirers_one_wins_by_generation_precondition",
+            "tests/runtime/test_io_lock.py::"
             "test_gcs_heartbeat_and_release_after_a_takeover_are_refused_by_generation",
         ),
     ),

@@ -13,7 +13,7 @@ the printed numbers.
 Writes docs/default_curves.png (the run's curves.png), docs/default_run.json (the
 numbers, the machine, the wall time) and rewrites the README block between
 `<!-- default-run:begin -->` and `<!-- default-run:end -->` from that JSON, so prose
-and figure cannot drift from the code: tests/test_readme_numbers.py reruns the default
+and figure cannot drift from the code: tests/e2e/test_readme_numbers.py reruns the default
 config and fails when the stated numbers differ from a fresh run.
 """
 
@@ -66,7 +66,7 @@ def block(n: dict) -> str:
         f"+{e_naive:.1f} points. After weight matching ({n['align_s']:.1f} s): {wm:.3f} nats\n"
         f"({100 * wm / naive:.0f}% of the naive barrier) and +{e_wm:.1f} points. These numbers\n"
         f"and the figure below come from `python docs/regenerate.py` (docs/default_run.json);\n"
-        "`tests/test_readme_numbers.py` fails when a fresh run disagrees."
+        "`tests/e2e/test_readme_numbers.py` fails when a fresh run disagrees."
     )
 
 

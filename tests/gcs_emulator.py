@@ -27,7 +27,7 @@ The second fix: the emulator ignored write preconditions. Here uploads (media,
 multipart, resumable), deletes and metadata patches honour `ifGenerationMatch` and
 `ifGenerationNotMatch` as GCS does (`0`: the object must not exist), answering HTTP 412
 otherwise, so races that only those preconditions decide (two runs taking the workdir
-lock at once, `tests/test_io_lock.py`) are tested. The server handles one request at a
+lock at once, `tests/runtime/test_io_lock.py`) are tested. The server handles one request at a
 time, so a check and its write cannot interleave with another request.
 """
 

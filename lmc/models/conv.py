@@ -16,7 +16,7 @@ PyTorch. On GPU/TPU nothing changes (cuDNN / the TPU compiler handle this well).
 HWIO convolutions (any stride and padding, no dilation, no groups) on a CPU backend,
 with inputs of at least TAPS_MIN_BYTES. Gradients agree with XLA's to float32
 rounding, and forward mode (`jax.jvp`, Hessian-vector products) works as before
-(tests/test_conv.py).
+(tests/models/test_conv.py).
 
 The tap gradient's `linear_call` has no batching rule in JAX, so a gradient taken
 under `jax.vmap` (a vmapped population of siblings, `lmc.training.population`) must

@@ -35,7 +35,7 @@ sweep` keeps its `.sweep.lock`, sweep.json and point states here (the points' lo
 are local files while a point runs, copied to an object-store workdir when it stops).
 Config files stay local files. While a run holds the workdir lock, every write here
 into the workdir first passes the lock's guard (`check_writable`): once another run
-has taken the lock over, it raises `lmc.runtime.io.lock.LockLost` instead (exit code 4). `tests/test_gcs_e2e.py` runs, kills, resumes and
+has taken the lock over, it raises `lmc.runtime.io.lock.LockLost` instead (exit code 4). `tests/e2e/test_gcs_e2e.py` runs, kills, resumes and
 reports a spawn pair on gs:// (the emulator) and compares it bitwise with a local run.
 """
 

@@ -1,8 +1,0 @@
-"""Make `import configs.<name>` work from tests without installing the configs dir."""
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
