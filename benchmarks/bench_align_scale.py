@@ -6,8 +6,7 @@ the method's time, "baseline" plain weight matching's, so `ratio` < 1 says how m
 times plain weight matching's time the method takes (the issue's bars: the heads
 method at most 1.5x plain's time, orthogonal at most 3x). Every method runs with one
 visiting order (`align_scale.py --restarts=1`), plain weight matching's default, so
-the ratios compare solvers, not search budgets (the recipes' default is 4 restarts,
-about 4x the time). The detail has the peak memory over one model's float32 bytes
+the ratios compare solvers, not search budgets (the recipes' default is 4 restarts). The detail has the peak memory over one model's float32 bytes
 and the objective. Quick: the 3.3M-parameter transformer and a 3x1024
 MLP; full: GPT-2 small's shape and a 3x4096 MLP.
 """

@@ -158,6 +158,16 @@ MUTATIONS = [
         ("tests/align/test_align_transformer.py",),
     ),
     Mutation(
+        "orthogonal: a norm bias kept on the stream is not rescaled by A's gain on unfold",
+        "lmc/align/orthogonal.py",
+        "yield n.kept_bias, (kept * s).astype(np.float32)",
+        "yield n.kept_bias, kept.astype(np.float32)",
+        (
+            "tests/models/test_hub.py::"
+            "test_orthogonal_recipe_undoes_a_planted_rotation_of_gpt_neox_and_refuses_tied_gpt2",
+        ),
+    ),
+    Mutation(
         "spec rule: transpose ignores its permutation",
         "lmc/align/rules.py",
         'return [tuple(ins[0][p] for p in eqn.params["permutation"])]',

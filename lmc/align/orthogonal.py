@@ -56,8 +56,12 @@ class Reader:
 @dataclasses.dataclass(frozen=True)
 class Norm:
     scale: Path
-    bias: Path | None
+    bias: Path | None  # folded into the readers' biases
     readers: tuple[Reader, ...]
+    # A bias some reader has no bias to fold into (GPT-2's final LayerNorm before the
+    # bias-free unembedding): it stays on the stream, divided by the gain when the
+    # gain folds, and rotates with the stream.
+    kept_bias: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,17 +182,42 @@ def roles(fn: Callable, spec: PermutationSpec, params, *args) -> Roles:
         residual.add(perm_of[(f["scale"], 0)])
         readers = tuple(Reader(k, a, b) for k, a, _, b in f["readers"])
         if f["bias"] is not None and any(r.bias is None for r in readers):
-            continue  # a norm bias needs every reader to have a bias to fold into
-        norms.append(Norm(f["scale"], f["bias"], readers))
+            norms.append(Norm(f["scale"], None, readers, kept_bias=f["bias"]))
+        else:
+            norms.append(Norm(f["scale"], f["bias"], readers))
     if len(residual) != 1 or not norms:
         raise UserError(
             "no residual stream with foldable normalizations found in the traced program "
             f"(candidates on permutations {sorted(residual) or 'none'}): the orthogonal "
             "symmetry needs a pre-norm model whose norm gains feed linear layers only"
         )
+    for f in found.values():  # a gain on the stream that cannot fold breaks the symmetry
+        if (not f["ok"] or not f["readers"]) and perm_of.get((f["scale"], 0)) in residual:
+            raise UserError(
+                f"the norm gain {'/'.join(f['scale'])} on the residual stream feeds something "
+                "other than linear layers' own kernels (a tied embedding read again as the "
+                "unembedding, through a transpose?), so it cannot be folded and the "
+                "orthogonal residual symmetry does not apply; untie the unembedding to use "
+                "weight_matching_orthogonal or learned_matching"
+            )
+    _check_untied(norms, uses, {p: i for i, p in leaf_of.items()})
     name = residual.pop()
     axes = tuple((r.path, r.axis) for r in spec.axes[name])
     return Roles(name, tuple(norms), axes)
+
+
+def _check_untied(norms, uses: dict, leaf_id: dict) -> None:
+    """Folding a gain rewrites its readers' kernels: a kernel the program also uses
+    elsewhere (a tied embedding read again as the unembedding) would change there."""
+    readers = [r.kernel for n in norms for r in n.readers]
+    for path in set(readers):
+        if len(uses.get(leaf_id[path], [])) > readers.count(path):
+            raise UserError(
+                f"{'/'.join(path)} reads a normalized residual stream and is used elsewhere "
+                "too (tied embeddings?): folding the norm's gain into it would change the "
+                "other use, so the orthogonal residual symmetry does not apply; untie it "
+                "(a separate unembedding) to use weight_matching_orthogonal or learned_matching"
+            )
 
 
 def fold(roles: Roles, params):
@@ -197,6 +226,9 @@ def fold(roles: Roles, params):
     for n in roles.norms:
         s = np.asarray(get_leaf(params, n.scale), np.float64)
         b = None if n.bias is None else np.asarray(get_leaf(params, n.bias), np.float64)
+        if n.kept_bias is not None:  # (x s + k) W = (x + k / s) diag(s) W
+            kept = np.asarray(get_leaf(params, n.kept_bias), np.float64)
+            updates[n.kept_bias] = (kept / _gain(s, n.scale)).astype(np.float32)
         for r in n.readers:
             w = np.asarray(get_leaf(params, r.kernel), np.float64)
             shape = [1] * w.ndim
@@ -211,6 +243,12 @@ def fold(roles: Roles, params):
     return set_leaves(params, updates)
 
 
+def _gain(s: np.ndarray, path: Path) -> np.ndarray:
+    if np.abs(s).min() < 1e-6:
+        raise UserError(f"cannot fold or unfold {'/'.join(path)}: a gain is ~0")
+    return s
+
+
 def unfold(roles: Roles, folded, like):
     """Folded params rewritten with the gains and biases of `like` (same function).
 
@@ -223,10 +261,11 @@ def unfold(roles: Roles, folded, like):
 def _unfold_leaves(roles: Roles, folded, like):
     """(path, new leaf) of `unfold`, one leaf at a time."""
     for n in roles.norms:
-        s = np.asarray(get_leaf(like, n.scale), np.float64)
-        if np.abs(s).min() < 1e-6:
-            raise UserError(f"cannot unfold onto {'/'.join(n.scale)}: a gain is ~0")
+        s = _gain(np.asarray(get_leaf(like, n.scale), np.float64), n.scale)
         b = None if n.bias is None else np.asarray(get_leaf(like, n.bias), np.float64)
+        if n.kept_bias is not None:
+            kept = np.asarray(get_leaf(folded, n.kept_bias), np.float64)
+            yield n.kept_bias, (kept * s).astype(np.float32)
         for r in n.readers:
             w = np.asarray(get_leaf(folded, r.kernel), np.float64)
             shape = [1] * w.ndim
@@ -248,6 +287,12 @@ def to_rmsnorm(roles: Roles, params):
     Every residual-stream weight that is not a reader or a norm parameter is a write;
     centering the writes keeps the stream's mean at zero, where LayerNorm and RMSNorm
     agree."""
+    kept = [n.kept_bias for n in roles.norms if n.kept_bias is not None]
+    if kept:
+        raise UserError(
+            f"no RMSNorm form: the norm bias {'/'.join(kept[0])} has readers without a bias "
+            "to fold it into"
+        )
     folded = fold(roles, params)
     skip = roles.reader_axes() | {(p, 0) for p in roles.norm_leaves()}
     updates = {}

@@ -1,8 +1,8 @@
 """Host BLAS threads per operation: one thread for small products and factorizations.
 
 BLAS thread hand-offs cost more than a small product, and on a busy machine (other
-jobs on the cores) a multi-threaded LAPACK call on a few-hundred-square matrix can
-take 20x longer than the same call on one thread. The alignment methods decide per
+jobs on the cores) a multi-threaded LAPACK call on a few-hundred-square matrix is
+much slower than the same call on one thread (measured: benchmarks/README.md). The alignment methods decide per
 operation from its multiply-adds.
 """
 

@@ -149,3 +149,42 @@ def test_base_model_names_and_stale_buffers_of_older_gpt2_files_load(tmp_path):
     ckpt = hub.load(d)
     g = golden("gpt2")
     np.testing.assert_allclose(logits(ckpt, ckpt.tree, g["tokens"]), g["logits"], atol=2e-5)
+
+
+def test_orthogonal_recipe_undoes_a_planted_rotation_of_gpt_neox_and_refuses_tied_gpt2():
+    """GPT-NeoX's final LayerNorm has a bias and its unembedding none: that bias stays
+    on the stream and rotates with it. A planted element (heads, MLP units, a residual
+    rotation, another gauge of the norms) is undone to the original tensors. GPT-2's
+    unembedding is its embedding, read through a transpose: a UserError says why."""
+    from lmc.align import orthogonal
+    from lmc.align.trace import specs_from_model
+
+    ckpt = hub.load(FIXTURES / "gpt_neox")
+    g = golden("gpt_neox")
+    x = g["tokens"][:, :8]
+    params = ckpt.tree["params"]
+    plain, spec = specs_from_model(ckpt.model, x)
+    fn = lambda p, t: ckpt.model.apply(p, {}, t, False)[0]  # noqa: E731
+    roles = orthogonal.roles(fn, plain.subtree("params"), params, x)
+    assert any(n.kept_bias == ("ln_f", "bias") for n in roles.norms)
+    rng = np.random.default_rng(7)
+    pspec = spec.subtree("params")
+    perms = align.random_permutations(pspec, jax.random.key(4), params)
+    other = align.apply_permutation(pspec, perms, orthogonal.fold(roles, params))
+    r = orthogonal.random_rotation(ckpt.arch.width, rng)
+    other = orthogonal.rotate(roles, r, other)
+    gauge = jax.tree.map(lambda a: (1 + rng.random(np.shape(a))).astype(np.float32), params)
+    other = orthogonal.unfold(roles, other, gauge)
+    np.testing.assert_allclose(fn(other, g["tokens"]), g["logits"], atol=1e-4)
+    tree_b = {"params": other, "model_state": {}}
+    aligned, _ = align.weight_matching_orthogonal(ckpt.model, ckpt.tree, tree_b, x, restarts=1)
+    for (path, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree_util.tree_leaves_with_path(aligned["params"]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b, a, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+    gpt2 = hub.load(FIXTURES / "gpt2")
+    with pytest.raises(UserError, match="tied embedding"):
+        align.weight_matching_orthogonal(gpt2.model, gpt2.tree, gpt2.tree, x)
