@@ -16,10 +16,10 @@ The data: any text source of `lmc.data` (`text:dir` over a directory of text fil
 with `--config.experiment=merge_many` and `--config.checkpoints.more="('/models/c',)"`
 merges all the checkpoints (Git Re-Basin's MergeMany) and reports each model, their
 plain average and the merge. The aligned B is not written out; to export an aligned
-or merged model in the same layout, see `lmc.models.hub.save` (README, "Importing
+or merged model in the same layout, see `lmc.models.hub.save` (docs/guide/your_model.md, "Importing
 checkpoints").
 
-Methods: the default set is the affordable one for real sizes (README, "Importing
+Methods: the default set is the affordable one for real sizes (docs/guide/your_model.md, "Importing
 checkpoints", has the cost per size from benchmarks/align_scale.py); `ste` and
 `learned_matching` train through the whole model and are left out by default.
 `weight_matching_heads`, `weight_matching_orthogonal` and `learned_matching` need

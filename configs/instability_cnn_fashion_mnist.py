@@ -17,10 +17,10 @@ barrier_vs_k.png, results.json and k*):
 or everything in one process: `lmc run --config=configs/instability_cnn_fashion_mnist.py
 --workdir=runs/onset_fmnist_run`.
 
-Expected (measured, see README "The instability onset"; docs/onset_fashion_mnist.json):
+Expected (measured, see docs/results/instability_onset.md; docs/onset_fashion_mnist.json):
 naive test-error barrier 38.4 ± 7.8 points at k=0 (3 pairs), 5.6 at k=50, 2.5 at k=200,
 2.1 at k=400 and 1.8 at k=600, so k* = 600 (75% of training) by the 2-point criterion.
-The README section gives the wall time it took and on which machine.
+That page gives the wall time it took and on which machine.
 
 Literature (Frankle et al. 2020, test-error barrier, stable = below 2 points): LeNet on
 MNIST is stable at k=0; ResNet-20 on CIFAR-10 becomes stable around iteration 2000

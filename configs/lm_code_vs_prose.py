@@ -11,7 +11,7 @@ averaged after each method of `config.eval.methods` (naive, weight matching, ...
 Fork steps are `config.instability.spawn_steps`.
 
 Launch (7 training runs of <= 400 steps and five alignment methods; a few minutes
-on 2 CPU cores, timings in the README):
+on 2 CPU cores, timings in docs/results/lm_merging.md):
 
     lmc run --config=configs/lm_code_vs_prose.py --workdir=runs/lm_code_vs_prose
 

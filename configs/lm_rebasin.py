@@ -17,7 +17,7 @@ loss flattens (2.31 at step 200, 1.58 at 1200, 1.51-1.56 at 1600;
 docs/lm_rebasin_loss.png).
 
 Launch (training the two models and aligning with the default methods; wall times
-are in the README's language-model section):
+are in docs/results/lm_merging.md):
 
     lmc run --config=configs/lm_rebasin.py --workdir=runs/lm_rebasin
     PYTHONPATH=. python benchmarks/lm_rebasin_pairs.py --workdir=/tmp/lm/pairs --pairs=3
@@ -25,8 +25,8 @@ are in the README's language-model section):
 Expected (3 pairs, held-out endpoints 1.51-1.56 nats/byte), test-loss barrier mean
 ± std: naive 2.30 ± 0.08; activation matching 1.55 ± 0.07; weight matching
 1.96 ± 0.05; + per-head 1.85 ± 0.04; + orthogonal residual 1.56 ± 0.06; learned
-matching 0.243 ± 0.003, i.e. 11% of the naive barrier left (the README's
-language-model section has the table). The default run is pair 0; measured through
+matching 0.243 ± 0.003, i.e. 11% of the naive barrier left (docs/results/lm_merging.md
+has the table). The default run is pair 0; measured through
 `lmc run`: naive 2.319, activation matching 1.502, weight matching + orthogonal
 residual 1.585, learned matching 0.246 (11% of naive).
 

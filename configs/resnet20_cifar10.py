@@ -9,7 +9,7 @@ Literature: trained this way ResNet-20 reaches about 91.7% test accuracy (Frankl
 al. 2020, Table 1). For width x4 merged by weight matching, REPAIR (Jordan et al.
 2022) reports 11.7% accuracy at alpha=0.5 with stale BatchNorm statistics and 90.3%
 after resetting them (the `+reset` methods; RESET is the default for BN models).
-Budget: 63K steps at batch 128: use a GPU/TPU (README "Performance" has the CPU step rate).
+Budget: 63K steps at batch 128: use a GPU/TPU (benchmarks/README.md has the CPU step rate).
 """
 
 from lmc.config_base import base_config

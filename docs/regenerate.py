@@ -1,4 +1,4 @@
-"""Regenerate the README's numbers and figures from fresh runs: one command.
+"""Regenerate the numbers and figures of the README and docs/results/: one command.
 
     python docs/regenerate.py            # the default run (configs/default.py), ~15-40 s
     python docs/regenerate.py --all      # also docs/onset_* and docs/lm_*.png (about 2 hours on 2 cores)
@@ -7,7 +7,7 @@
 (-> docs/onset_fashion_mnist.png and .json), configs/lm_code_vs_prose.py (-> docs/lm_code_vs_prose.png) and the 3
 lm_rebasin pairs of benchmarks/lm_rebasin_pairs.py (-> docs/lm_rebasin_loss.png,
 docs/lm_rebasin_curves.png, and learned matching at steps 400/800/1200 ->
-docs/lm_rebasin_length.png); their tables in the README are then updated by hand from
+docs/lm_rebasin_length.png); their tables in docs/results/ are then updated by hand from
 the printed numbers.
 
 Writes docs/default_curves.png (the run's curves.png), docs/default_run.json (the
@@ -77,7 +77,7 @@ def write_readme(n: dict) -> None:
 
 
 def regenerate_language_models(tmp: Path) -> None:
-    """The language-model figures of the README, from fresh runs."""
+    """The language-model figures (docs/results/lm_merging.md), from fresh runs."""
     cvp = tmp / "lm_code_vs_prose"
     subprocess.run([sys.executable, "-m", "lmc.cli", "run", "--config=configs/lm_code_vs_prose.py",
                     f"--workdir={cvp}"], cwd=ROOT, check=True)  # fmt: skip
@@ -102,7 +102,8 @@ def regenerate_language_models(tmp: Path) -> None:
 
 def regenerate_onset(tmp: Path) -> None:
     """The instability-onset figure (docs/onset_fashion_mnist.png) and results.json
-    (docs/onset_fashion_mnist.json, the README's table) from a fresh sweep."""
+    (docs/onset_fashion_mnist.json, the table of docs/results/instability_onset.md) from a
+    fresh sweep."""
     sweep = tmp / "onset_fmnist"
     subprocess.run([sys.executable, "-m", "lmc.cli", "sweep",
                     "--config=configs/instability_cnn_fashion_mnist.py", f"--workdir={sweep}",

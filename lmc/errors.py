@@ -23,7 +23,7 @@ def positive(key: str, value) -> None:
         raise UserError(f"config.{key} must be positive, got {value!r}")
 
 
-# Exit codes of the `lmc` command (README "Errors"): one definition for run and sweep.
+# Exit codes of the `lmc` command (docs/reference/errors.md): one definition for run and sweep.
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3

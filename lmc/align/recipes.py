@@ -19,7 +19,7 @@ B's combined tree aligned to A (the same function as B) and an info dict.
   permutations), in `restarts` visiting orders (the objective has many local optima
   on attention layers). One descent over the nested spec reaches a higher J than
   plain weight matching lifted to it and refined (trained LM pairs of
-  `configs/lm_rebasin.py`, compared in the README's alignment-at-size section).
+  `configs/lm_rebasin.py`, compared in benchmarks/README.md).
 - `weight_matching_orthogonal`: rounds of weight matching over the same nested class
   alternated with the orthogonal residual-stream map (Procrustes), on the models
   with their norms' gains folded into the readers (`lmc.align.orthogonal`).

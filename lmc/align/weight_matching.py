@@ -36,7 +36,7 @@ up to GPT-2 size):
   its BLAS is faster than XLA's dot there and nothing needs compiling.
 
 Speed against the eager reference: `python benchmarks/run.py --only weight_matching`;
-at GPT-2 size: `python benchmarks/align_scale.py` (numbers in the README).
+at GPT-2 size: `python benchmarks/align_scale.py` (numbers in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from lmc.align.threads import blas_threads
 from lmc.errors import UserError
 
 # Up to this fraction of changed rows a low-rank update is cheaper than a full product
-# (README "Performance" has the measurement).
+# (benchmarks/README.md, "Performance", has the measurement).
 LOW_RANK_FRACTION = 0.5
 # Recompute a group in full after this many low-rank updates in a row, so float32
 # rounding cannot pile up.
@@ -96,7 +96,7 @@ def solve_assignment(cost) -> np.ndarray:
     subtracted: row and column constants leave the optimal assignments unchanged, and
     a zero in every row and column gives the solvers' initial phases most rows for
     free. LAPJV (Jonker & Volgenant 1987, the `lap` package) solves them several times
-    faster than scipy (README "Performance"). The reduction runs in float32: it is
+    faster than scipy (benchmarks/README.md, "Performance"). The reduction runs in float32: it is
     memory-bound, and float64 would double its traffic.
     Solvers may break ties differently; the objective is the same.
     """
@@ -178,7 +178,8 @@ class Group:
 def _gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """x[rows] for a (rows, units) view. A column-major view (a leaf's first axis as
     the units) is gathered along its contiguous axis, not by fancy indexing across
-    the strides (the README's alignment-at-size section has the measurement)."""
+    the strides (benchmarks/README.md, "Alignment at the sizes people merge", has the
+    measurement)."""
     if not x.flags.c_contiguous and x.T.flags.c_contiguous:
         return np.take(x.T, rows, axis=1).T
     return np.take(x, rows, axis=0)

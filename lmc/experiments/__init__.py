@@ -13,7 +13,7 @@ whose points share a parent trains it once, see `lmc.cli.sweep`, and passes
 
 and works for every model family and data kind (images or text). `run_experiment`
 adds the envelope (schema_version, complete, config, provenance; see
-docs/results_schema.md), writes results.json atomically and draws the plots;
+docs/reference/results_schema.md), writes results.json atomically and draws the plots;
 `lmc report` dispatches on `results["experiment"]`.
 """
 

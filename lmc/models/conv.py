@@ -7,7 +7,7 @@ times the layer's forward pass and slower than PyTorch's whole forward+backward 
 
 The same gradient, computed as one (C_in x C_out) matmul per kernel tap over batch
 chunks of about 1 MiB (`lax.scan`, so each chunk's working set stays in cache), is
-several times faster (README "Performance", `python benchmarks/run.py --only conv_grad`).
+several times faster (benchmarks/README.md, `python benchmarks/run.py --only conv_grad`).
 The forward pass and the input gradient are XLA's own: they were already on par with
 PyTorch. On GPU/TPU nothing changes (cuDNN / the TPU compiler handle this well).
 
@@ -37,7 +37,7 @@ from jax.custom_derivatives import SymbolicZero, linear_call
 # Batch chunk for the weight gradient: about this many bytes of input per chunk.
 CHUNK_BYTES = 1 << 20
 # Inputs smaller than this keep XLA's gradient: it is as fast or faster while the
-# whole input fits in cache (README "Performance" has the measurement).
+# whole input fits in cache (benchmarks/README.md has the measurement).
 TAPS_MIN_BYTES = 1 << 20
 # "auto" (tap gradient on CPU backends only), "taps" (always) or "xla" (never).
 WEIGHT_GRAD = "auto"

@@ -2,7 +2,7 @@
 
 A sweep is hundreds of `lmc run` processes that compile the same programs: model
 init, train step, evaluators. With the cache, later processes load the executables
-instead of compiling them (README "Scaling out" has what it saves).
+instead of compiling them (docs/guide/scaling.md has what it saves).
 
     LMC_COMPILATION_CACHE=DIR     cache directory (default ~/.cache/lmc/jax)
     LMC_COMPILATION_CACHE=off     no cache

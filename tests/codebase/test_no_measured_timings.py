@@ -1,8 +1,9 @@
 """No measured wall time or speed-up in the code's docstrings and comments.
 
 A timing measured once on one machine goes stale the day the code or the machine
-changes, and a comment cannot be rerun; measurements belong in README sections that
-name the machine and the command (or in a benchmark's output). Configs' docstrings may
+changes, and a comment cannot be rerun; measurements belong in docs/ and
+benchmarks/README.md, in sections that name the machine and the command (or in a
+benchmark's output). Configs' docstrings may
 state the expected *result* (barriers, losses, errors), never how long a run takes.
 
     python tests/codebase/test_no_measured_timings.py   # list what it finds
@@ -87,7 +88,10 @@ def test_the_pattern_finds_timings_and_leaves_sizes_alone():
 
 def test_no_docstring_or_comment_states_a_measured_timing():
     found = [claim for path in scanned_files() for claim in timing_claims(path)]
-    assert not found, "measured timings in code (move them to the README):\n" + "\n".join(found)
+    assert not found, (
+        "measured timings in code (move them to docs/ or benchmarks/README.md):\n"
+        + "\n".join(found)
+    )
 
 
 if __name__ == "__main__":

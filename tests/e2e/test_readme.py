@@ -1,31 +1,52 @@
-"""The README's alignment example runs as written."""
+"""The README and the docs it links to: their examples run as written, their commands
+use flags that exist, their links resolve, and every guarantee names its test.
+
+The README is short; the guide, reference and results live in docs/ and the measured
+performance in benchmarks/README.md. Tests find a block by the `## ` heading of its
+section, in whichever of these files holds it.
+"""
 
 import re
+from pathlib import Path
 
 from helpers import ROOT
 
 README = ROOT / "README.md"
+DOCS = (README, *sorted((ROOT / "docs").rglob("*.md")), ROOT / "benchmarks" / "README.md")
+README_MAX_LINES = 250
+
+
+def section(title: str) -> tuple[str, str]:
+    """(the file that holds the `## title` section, relative to the root; the section's
+    text, up to the next `## ` heading)."""
+    found = [(path, text) for path in DOCS if f"\n## {title}" in (text := path.read_text())]
+    assert len(found) == 1, f"## {title}: in {[str(p) for p, _ in found]}, want one file"
+    path, text = found[0]
+    start = text.index(f"\n## {title}") + 1
+    stop = text.find("\n## ", start)
+    return str(path.relative_to(ROOT)), text[start : stop if stop >= 0 else None]
+
+
+def python_blocks(title: str) -> tuple[str, list[str]]:
+    """(the file, the python blocks of section `title`, in order)."""
+    path, text = section(title)
+    return path, re.findall(r"```python\n(.*?)```", text, re.S)
 
 
 def test_alignment_example_runs(capsys):
-    text = README.read_text()
-    section = text[text.index("## Permutation alignment") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+    path, blocks = python_blocks("Permutation alignment")
+    exec(compile(blocks[0], path, "exec"), {})
     assert "recovered the planted permutation" in capsys.readouterr().out
 
 
 def test_aligning_your_own_model_runs(capsys):
     """The section's python blocks run in order, in one namespace, and each check
     finds its spec invariant."""
-    text = README.read_text()
-    start = text.index("## Aligning your own model")
-    section = text[start : text.index("\n## ", start + 1)]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    path, blocks = python_blocks("Aligning your own model")
     assert len(blocks) == 3
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, path, "exec"), namespace)
     out = capsys.readouterr().out
     assert out.count(": invariant") == 3 and "NOT invariant" not in out
     assert "4x8" in out  # one permutation per layer of the scanned model
@@ -39,13 +60,10 @@ def test_quickstart_has_exactly_two_commands():
 
 
 def run_first_block(title: str, capsys) -> tuple[str, float, float]:
-    """Run the first python block of README section `title`; (its output, the naive and
+    """Run the first python block of docs section `title`; (its output, the naive and
     the weight-matching test-loss barriers it prints)."""
-    text = README.read_text()
-    start = text.index(f"## {title}")
-    section = text[start : text.index("\n## ", start + 1)]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+    path, blocks = python_blocks(title)
+    exec(compile(blocks[0], path, "exec"), {})
     out = capsys.readouterr().out
     barriers = dict(
         re.findall(r"^(naive|weight matching): test-loss barrier ([0-9.]+)$", out, re.M)
@@ -60,28 +78,33 @@ def test_your_own_model_example_runs_and_alignment_helps(capsys):
     assert naive > 0.1 and aligned < 0.5 * naive, out
 
 
-# Flags of other tools that the README's prose names bare (without their command), and
+# Flags of other tools that the docs' prose names bare (without their command), and
 # the file that defines each; every other bare `--flag` reads as one of lmc's.
 OTHER_TOOLS_FLAGS = {"worker": "launch/tpu_pod.sh", "dry-run": "launch/tpu_pod.sh",
                      "quick": "benchmarks/run.py"}  # fmt: skip
 
 
-def test_every_flag_the_readme_gives_exists():
-    """`lmc ...` commands and bare `--flags` use lmc's own flags and existing config keys
-    (--show's listing); a script's command uses flags its file defines."""
+def test_every_flag_the_docs_give_exists():
+    """`lmc ...` commands and bare `--flags` in the README and the docs use lmc's own
+    flags and existing config keys (--show's listing); a script's command uses flags its
+    file defines."""
     from absl import flags
 
     from lmc.cli import flags as flags_lib
     from lmc.cli.show import flatten
     from lmc.config_base import base_config, lm_config
 
-    root = README.parent
+    root = ROOT
     fv = flags.FlagValues()
     flags_lib.define_sweep_flags(fv, ["lmc"])
     keys = {k for c in (base_config(), lm_config()) for k, _ in flatten(c)}
-    text = README.read_text()
-    spans = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
-    spans += [ln for b in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) for ln in b.splitlines()]
+    spans = []
+    for doc in DOCS:
+        text = doc.read_text()
+        spans += re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
+        spans += [
+            ln for b in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) for ln in b.splitlines()
+        ]
     wrong = []
     for span in spans:
         tokens = [t for t in span.split() if t != "python"]
@@ -117,15 +140,9 @@ def test_your_own_nnx_model_example_runs_and_alignment_helps(capsys):
 def test_transformer_recipes_example_runs(capsys):
     """The recipes block of the alignment section: the heads recipe returns its best
     restart, and the orthogonal and learned recipes keep B's function."""
-    text = README.read_text()
-    start = text.index("## Permutation alignment")
-    section = text[start : text.index("\n## ", start + 1)]
-    block = next(
-        b
-        for b in re.findall(r"```python\n(.*?)```", section, re.S)
-        if "recipes" in b or "weight_matching_heads" in b
-    )
-    exec(compile(block, "README.md", "exec"), {})
+    path, blocks = python_blocks("Permutation alignment")
+    block = next(b for b in blocks if "recipes" in b or "weight_matching_heads" in b)
+    exec(compile(block, path, "exec"), {})
     out = capsys.readouterr().out
     heads, restarts = re.search(r"J over heads (\S+), per restart \[(.*)\]", out).groups()
     assert len(restarts.split(",")) == 4  # the default restarts
@@ -136,11 +153,68 @@ def test_transformer_recipes_example_runs(capsys):
 def test_importing_checkpoints_example_runs(capsys, monkeypatch):
     """The hub example (tiny GPT-NeoX fixture): the traced spec is invariant and the
     aligned, exported and reloaded copy computes the original logits."""
-    monkeypatch.chdir(README.parent)
-    text = README.read_text()
-    start = text.index("## Importing checkpoints")
-    section = text[start : text.index("\n## ", start + 1)]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+    monkeypatch.chdir(ROOT)
+    path, blocks = python_blocks("Importing checkpoints")
+    exec(compile(blocks[0], path, "exec"), {})
     out = capsys.readouterr().out
     assert ": invariant" in out and "same logits: True" in out, out
+
+
+def test_readme_is_short():
+    """The README guides (what lmc is, the quickstart, the configs, where to change
+    what); the rest belongs in docs/."""
+    lines = len(README.read_text().splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail to docs/"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_resolves():
+    """Every relative link of the README and the docs names a file that exists, and an
+    `#anchor` into a Markdown file names one of its headings."""
+    wrong = []
+    for doc in DOCS:
+        prose = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        prose = re.sub(r"`[^`\n]*`", "", prose)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            where = f"{doc.relative_to(ROOT)}: {target}"
+            if not path.exists():
+                wrong.append(f"{where} (no such file)")
+            elif anchor and path.suffix == ".md":
+                headings = re.findall(
+                    r"^#+ (.*)$", re.sub(r"```.*?```", "", path.read_text(), flags=re.S), re.M
+                )
+                if anchor not in {slug(h) for h in headings}:
+                    wrong.append(f"{where} (no such heading)")
+    assert not wrong, wrong
+
+
+def test_every_guarantee_names_its_test():
+    """Each guarantee names a test, and every test file and test function the
+    guarantees and the error catalogue name exists."""
+    tests = {p.name: p for p in (ROOT / "tests").rglob("test_*.py")}
+    reference = ROOT / "docs" / "reference"
+    guarantees = (reference / "guarantees.md").read_text()
+    bullets = re.findall(r"^- \*\*(.*?)\*\*(.*?)(?=^- |^## |\Z)", guarantees, re.M | re.S)
+    assert len(bullets) >= 10
+    unnamed = [name for name, body in bullets if not re.search(r"test_\w+\.py", body)]
+    assert not unnamed, f"guarantees that name no test: {unnamed}"
+    wrong = []
+    for doc in ("guarantees.md", "errors.md"):
+        text = (reference / doc).read_text()
+        for m in re.finditer(r"(tests/[\w/]*)?(test_[\w*]+\.py)(?:::(test_\w+))?", text):
+            named, files = m.group(0), [p for n, p in tests.items() if Path(n).match(m.group(2))]
+            if m.group(1) and not (ROOT / named.split("::")[0]).is_file():
+                wrong.append(f"{doc}: {named} (no such file)")
+            elif not files:
+                wrong.append(f"{doc}: {named} (no such test file)")
+            elif m.group(3) and not any(f"def {m.group(3)}(" in p.read_text() for p in files):
+                wrong.append(f"{doc}: {named} (no such test)")
+    assert not wrong, wrong

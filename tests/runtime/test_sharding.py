@@ -11,7 +11,7 @@ from lmc.errors import UserError
 from lmc.runtime import sharding
 from lmc.training import Seeds, train
 
-# The README's bound: 40 SGD steps of the small MLP on 8 fake devices (or a 4x2
+# The bound of docs/reference/guarantees.md: 40 SGD steps of the small MLP on 8 fake devices (or a 4x2
 # data x FSDP mesh, or 8 devices then resumed on 1) end with every parameter within
 # 5e-7 of single-device training. Measured on the development machine: 1.8e-7 (data
 # parallel), 0.9e-7 (FSDP), 1.5e-7 (resume), with parameters up to 0.8 in size: a few

@@ -129,7 +129,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_population_training_is_bitwise_identical_to_sequential_children(tmp_path):
-    # README: "on one device the result is bitwise identical to training them one after
+    # docs/reference/guarantees.md: "on one device the result is bitwise identical to training them one after
     # another". vmap over the same step and the same batches: no tolerance.
     c = small_config(**{"spawn.mode": "spawn", "spawn.step": 10, "spawn.child_seeds": (1, 2, 3)})
     c.eval_every_steps = 15

@@ -2,7 +2,7 @@
 
 An experiment that sweeps one value (`instability`: the spawn step k; `width`: the
 width multiplier) reports `sweep_key` and `points`, one per value: the per-pair barriers
-and their mean and std over pairs (docs/results_schema.md). These helpers build a
+and their mean and std over pairs (docs/reference/results_schema.md). These helpers build a
 point, pool the points of several runs (`lmc sweep`'s aggregate), draw the barrier
 against the value and tabulate it, so the experiments only say what they sweep.
 """
