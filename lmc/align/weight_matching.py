@@ -326,11 +326,16 @@ class Problem:
         return total
 
 
-# A group's partial product is kept between visits (for skipping and low-rank
-# updates) when its block has other groups to add to it, or when it is this small;
-# a large lone product is recomputed instead (GPT-2's 3072-unit MLP costs would
-# otherwise hold 36 MB each, more than a quarter of the model).
+# A group's partial product is kept between visits (for low-rank updates, and so a
+# change in one group does not recompute the others) when it is this small, or when
+# its block has two or more *expensive* groups (rows >= units / EXPENSIVE_ROWS) and it
+# is one. Otherwise it is recomputed: a large cost of a block with one expensive
+# product (a transformer MLP's units: fc1 and fc2 in one group, the bias in another)
+# would hold units^2 floats per group, per layer (GPT-2: two 36 MB costs per layer,
+# together more than twice the model), and a bias's product costs no more to redo
+# than to add.
 CACHE_MAX_ENTRIES = 2**20
+EXPENSIVE_ROWS = 8
 
 
 class CostCache:
@@ -361,15 +366,22 @@ class CostCache:
         out: dict = {}
         for g, group in enumerate(block.groups):
             part = self.parts[k][g]
+            keep = self._keep(block, group)
             if part is None:  # not kept: recompute
                 part = pr.full_cost(group, self.rows[k][g])
-            out[group.role] = part.copy() if group.role not in out else out[group.role] + part
-            if not self._keep(block, group):
+            if group.role in out:
+                out[group.role] += part  # a sum this method owns
+            else:  # the cached part itself must not be summed into
+                out[group.role] = part.copy() if keep else part
+            if not keep:
                 self.parts[k][g] = None
         return out
 
     def _keep(self, block: Block, group: Group) -> bool:
-        return len(block.groups) > 1 or group.units**2 <= CACHE_MAX_ENTRIES
+        if group.units**2 <= CACHE_MAX_ENTRIES:
+            return True
+        expensive = [g for g in block.groups if g.offsets[-1] * EXPENSIVE_ROWS >= g.units]
+        return len(expensive) > 1 and group in expensive
 
     def _part(self, k: int, g: int, old, rows) -> np.ndarray:
         pr, group = self.problem, self.problem.blocks[k].groups[g]
