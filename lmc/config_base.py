@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
     # each) and step size for the orthogonal maps' generators.
     c.align.learned_steps = 1000
     c.align.learned_lr = 1e-2  # learned_matching: Adam step size
+    # learned methods: batches held out of the alignment stream for early stopping on
+    # the held-out path loss, measured every learned_eval_every steps (0: no holdout).
+    c.align.learned_holdout = 0
+    c.align.learned_eval_every = 50
 
     # Sweep experiments (ignored by `pair`).
     c.instability = ml_collections.ConfigDict()

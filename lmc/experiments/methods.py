@@ -38,7 +38,8 @@ from lmc.errors import UserError
 
 BASE_METHODS = ("naive", "weight_matching", "activation_matching", "ste",
                 "weight_matching_heads", "weight_matching_orthogonal",
-                "learned_matching", "activation_matching_heads")  # fmt: skip
+                "learned_matching", "activation_matching_heads", "learned_matching_invertible",
+                "learned_matching_dual", "lowrank_control")  # fmt: skip
 # Plain weight matching's visiting orders tried before the nested refinement: its
 # objective has many local optima on attention layers.
 WM_RESTARTS = 4
@@ -46,6 +47,9 @@ WM_RESTARTS = 4
 # the midpoint, where the barrier sits, so the whole middle of the path is lowered.
 LEARNED_ALPHAS = (0.2, 0.8)
 NORM_SUFFIXES = ("", "reset", "repair")
+# Methods that learn on the path loss with config.align.learned_* (steps, lr, holdout).
+LEARNED = ("learned_matching", "learned_matching_invertible", "learned_matching_dual",
+           "lowrank_control")  # fmt: skip
 TUPLE_SYNTAX = "--config.eval.methods=\"('naive','weight_matching')\""
 
 
@@ -81,7 +85,7 @@ def validate_methods(config, has_batchnorm: bool) -> None:
                 f"{config.model.norm!r} has none; use +repair (REPAIR) for models without "
                 "BatchNorm"
             )
-    if any(parse_method(m)[0] == "learned_matching" for m in methods):
+    if any(parse_method(m)[0] in LEARNED for m in methods):
         steps, lr = config.align.learned_steps, config.align.learned_lr
         if int(steps) != steps or steps < 1:
             raise UserError(f"config.align.learned_steps must be a positive integer, got {steps!r}")
@@ -115,6 +119,12 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
         return orthogonal_matching(config, model, dataset, ea, eb, key, t0)
     elif base == "learned_matching":
         return learned(config, model, dataset, ea, eb, key, t0)
+    elif base == "learned_matching_invertible":
+        return learned(config, model, dataset, ea, eb, key, t0, maps="invertible")
+    elif base == "learned_matching_dual":
+        return learned(config, model, dataset, ea, eb, key, t0, maps="invertible", dual=True)
+    elif base == "lowrank_control":
+        return learned(config, model, dataset, ea, eb, key, t0, control=True)
     elif base == "weight_matching_heads":
         aligned, info = align.weight_matching_heads(
             model, ea, eb, dataset.train_x[:2], key=key, max_iter=int(config.align.max_iter),
@@ -160,28 +170,47 @@ def orthogonal_matching(config, model, dataset, ea, eb, key, t0):
     return aligned, extra
 
 
-def learned(config, model, dataset, ea, eb, key, t0):
-    """`learned_matching`: returns (aligned endpoint b, info)."""
+def learned(config, model, dataset, ea, eb, key, t0, control=False, **options):
+    """The learned methods (`options`: maps, dual; `control`: `lowrank_control`):
+    returns (aligned endpoint b, info with the data budget)."""
     from lmc import align
 
     size = min(int(config.batch_size), dataset.num_train)
     seed = int(config.align.seed) + 20_000  # not any child's data seed, nor align_batches'
-    steps = int(config.align.learned_steps)
+    steps, held = int(config.align.learned_steps), int(config.align.learned_holdout)
     batches = (dataset.train_batch(seed, s, size) for s in range(steps))
-    aligned, info = align.learned_matching(
+    # held-out batches: the same stream, after the training ones
+    holdout = [dataset.train_batch(seed, steps + i, size) for i in range(held)]
+    run = align.lowrank_control if control else align.learned_matching
+    aligned, info = run(
         model, ea, eb, dataset.train_x[:2], batches, key=key, steps=steps,
         learning_rate=float(config.align.learned_lr), alpha=LEARNED_ALPHAS,
-        max_iter=int(config.align.max_iter), restarts=WM_RESTARTS,
+        max_iter=int(config.align.max_iter), restarts=WM_RESTARTS, holdout=holdout,
+        eval_every=int(config.align.learned_eval_every), **options,
     )  # fmt: skip
     losses = info["losses"]
     tail = max(1, len(losses) // 10)
+    keep = ("free_parameters", "dual", "max_condition", "best_step", "holdout_losses", "rank",
+            "budget")  # fmt: skip
     return aligned, {
         **heads_info(info), "objective_orthogonal": info["objective_orthogonal"],
-        "steps": info["steps"], "learned_classes": info["classes"],
+        "steps": info["steps"], "learned_classes": info.get("classes", []),
         "path_loss_first": losses[0] if losses else None,
         "path_loss_last": float(np.mean(losses[-tail:])) if losses else None,
+        **{k: info[k] for k in keep if k in info},
+        "data": data_budget(config, dataset, size, steps + held),
         "align_s": round(time.perf_counter() - t0, 3),
     }  # fmt: skip
+
+
+def data_budget(config, dataset, batch: int, batches: int) -> dict:
+    """What a learned method read: windows, bytes, and bytes as a multiple of one
+    model's training (num_steps x batch_size windows of the same context)."""
+    context = int(dataset.train_x.shape[-1])
+    trained = int(config.num_steps) * int(config.batch_size) * context
+    read = batches * batch * context
+    return {"batches": batches, "batch": batch, "context": context, "tokens": read,
+            "of_training": round(read / trained, 4) if trained else None}  # fmt: skip
 
 
 def straight_through(config, model, dataset, spec, ea, eb, key):
