@@ -106,3 +106,64 @@ def test_learned_matching_recovers_planted_invertible_maps(dual):
             spec, None, names, params, other, loss, (tokens for _ in range(100)), **run
         )
         assert after < 0.3 * midpoint(ortho), (after, midpoint(ortho))  # measured 0.012
+
+
+def test_early_stopping_keeps_the_best_held_out_theta():
+    """Training batches pull theta to 5, the held-out batch wants 0: the held-out path
+    loss is lowest at step 0, so `fit` returns the start, not the last iterate."""
+
+    def path_loss(theta, batch, a):
+        return (theta["x"] - batch) ** 2 * (1 + a)
+
+    theta0 = {"x": jnp.zeros(())}
+    run = dict(steps=30, learning_rate=0.3, alphas=np.full(30, 0.5), eval_every=10)
+    last, info = learned.fit(path_loss, theta0, iter([5.0] * 30), **run)
+    assert float(last["x"]) > 1 and "best_step" not in info
+    best, info = learned.fit(path_loss, theta0, iter([5.0] * 30), holdout=[0.0], **run)
+    assert info["best_step"] == 0 and float(best["x"]) == 0.0
+    assert [s for s, _ in info["holdout_losses"]] == [0, 10, 20, 30]
+
+
+def test_lowrank_control_starts_at_b_and_fits_the_path_with_its_budget():
+    """The control's factors: rank from the budget (sum of rows + cols per matrix);
+    zero steps leave B exactly; training lowers the path loss by changing B."""
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (6, 2, 4), "w2": (8, 3), "b": (3,)}
+    a, b = ({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+            for _ in range(2))  # fmt: skip
+    x = rng.normal(size=(16, 6)).astype(np.float32)
+
+    def fn(p, x):
+        return jnp.tanh(x @ p["w1"].reshape(6, 8)) @ p["w2"] + p["b"]
+
+    target = np.asarray(fn(a, x))
+
+    def loss(p, batch):
+        return jnp.mean((fn(p, batch) - target) ** 2)
+
+    # (6, 2, 4) viewed as (6, 8); (8, 3) as is: 14 + 11 numbers per rank
+    assert lowrank.square_split((6, 2, 4)) == (6, 8)
+    assert lowrank.rank_for(b, budget=50) == 2
+    same, info = lowrank.lowrank_control(a, b, loss, iter([x] * 0), rank=2, steps=0)
+    assert all(np.array_equal(same[k], b[k]) for k in shapes)
+    assert info["free_parameters"] == 50
+    fitted, info = lowrank.lowrank_control(a, b, loss, iter([x] * 200), rank=2, steps=200,
+                                           learning_rate=3e-2)  # fmt: skip
+
+    def mid(p):
+        return float(loss(jax.tree.map(lambda u, v: (u + v) / 2, a, p), x))
+
+    assert mid(fitted) < 0.7 * mid(b), (mid(b), mid(fitted))
+    assert np.abs(np.asarray(fn(fitted, x)) - np.asarray(fn(b, x))).max() > 1e-2  # no symmetry
+
+
+def test_data_budget_counts_bytes_against_one_models_training():
+    from configs.lm_rebasin import get_config
+    from lmc.experiments.methods import data_budget
+
+    class Data:
+        train_x = np.zeros((4, 64), np.int32)
+
+    got = data_budget(get_config(), Data(), batch=16, batches=1004)
+    assert got == {"batches": 1004, "batch": 16, "context": 64, "tokens": 1004 * 16 * 64,
+                   "of_training": round(1004 / 1600, 4)}  # fmt: skip
