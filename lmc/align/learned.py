@@ -1,4 +1,4 @@
-"""Learned matching over continuous symmetries: orthogonal maps trained on the path loss.
+"""Learned matching over continuous symmetries: maps trained on the path loss.
 
 Theus et al. (2025) reach near-zero barriers between independently trained
 transformers by *learning* the alignment: the transformations of B are parameters,
@@ -20,6 +20,13 @@ Each map is the matrix exponential of a learned skew-symmetric matrix, so every
 iterate is exactly orthogonal and the model's function never changes: only the
 interpolation does. The permutations found before (the start, e.g. weight matching
 with the orthogonal residual rounds) stay fixed.
+
+The per-head classes are larger than orthogonal: q -> q M, k -> k M^-T (and v, W_o
+likewise) for any invertible M. Classes from `invertible.invertible_classes` (which
+also record which leaves take M^-T) get maps exp(X) with X a general generator:
+invertible at every iterate, the identity at the start, with exp(-X^T) as the exact
+inverse transpose. `dual=True` learns maps on both endpoints toward a shared path
+(Li & Shen 2026), and `holdout` batches stop early on the held-out path loss (`fit`).
 """
 
 from __future__ import annotations

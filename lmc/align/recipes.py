@@ -27,7 +27,11 @@ B's combined tree aligned to A (the same function as B) and an info dict.
   class the traced program admits them for, learned on the loss of interpolated
   networks (`lmc.align.learned`). `batches` yield (inputs, labels); the loss is the
   model's cross-entropy unless `loss_fn(params, batch)` is given. Called with a spec
-  first, `learned_matching` is the spec-level method itself.
+  first, `learned_matching` is the spec-level method itself. `maps="invertible"`:
+  general invertible per-head maps (`lmc.align.invertible`); `dual=True`: maps on
+  both endpoints.
+- `lowrank_control`: learned matching's capacity control, a low-rank correction of B
+  with its number of free parameters (`lmc.align.lowrank`).
 """
 
 from __future__ import annotations

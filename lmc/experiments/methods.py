@@ -25,6 +25,18 @@ model (`align.spec_from_model`), whatever the model family. Bases:
   value/output (every class the traced program shows to be orthogonally symmetric),
   trained by Adam on the training loss at interpolation weights drawn uniformly from
   `LEARNED_ALPHAS`, `config.align.learned_steps` steps; the permutations stay fixed.
+- `learned_matching_invertible`: the same with general invertible per-head maps
+  (q -> q M, k -> k M^-T; v -> v N, W_o -> N^-1 W_o; `lmc.align.invertible`).
+- `learned_matching_dual`: invertible maps learned on both endpoints toward a shared
+  path (Li & Shen 2026); B is returned as T_A^-1 T_B(B), whose line from A is that
+  path up to a symmetry.
+- `lowrank_control`: the capacity control of the learned methods: as many free
+  parameters as `learned_matching_invertible`, same start, batches, steps and path
+  loss, spent on a low-rank correction of B that is no symmetry (`lmc.align.lowrank`).
+
+The learned methods hold out `config.align.learned_holdout` batches of their stream
+for early stopping and report their data budget (`data`: windows read and their
+bytes as a multiple of one model's training).
 """
 
 from __future__ import annotations
