@@ -167,3 +167,48 @@ def test_data_budget_counts_bytes_against_one_models_training():
     got = data_budget(get_config(), Data(), batch=16, batches=1004)
     assert got == {"batches": 1004, "batch": 16, "context": 64, "tokens": 1004 * 16 * 64,
                    "of_training": round(1004 / 1600, 4)}  # fmt: skip
+
+
+def test_rotary_query_key_class_is_a_scale_and_rotation_per_pair():
+    """Rotary positions: the candidate over the query/key within-head axes is kept with
+    the model's pairing (i, i + d_h/2); a per-pair s R(theta) written out by hand
+    (q -> q M, k -> k M^-T per head) leaves the logits unchanged, a general invertible
+    M does not; and learned matching over these classes undoes planted ones."""
+    from lmc.align import rotary
+
+    fn, params, tokens = lm("rotary")
+    spec = align.spec_from_function(fn, params, tokens, nested=True)
+    extended, found = rotary.rotary_classes(fn, spec, params, tokens)
+    assert [(c.pairing, len(c.contra)) for c in found] == [("half", 2)] * 2
+    rng = np.random.default_rng(3)
+    s, t = np.exp(rng.uniform(-1, 1, (4, 4))), rng.uniform(-np.pi, np.pi, (4, 4))
+    m = np.zeros((4, 8, 8))
+    for h, k in np.ndindex(4, 4):  # the 2x2 block of pair (k, k + 4): rotary's form
+        block = s[h, k] * np.array([[np.cos(t[h, k]), np.sin(t[h, k])],
+                                    [-np.sin(t[h, k]), np.cos(t[h, k])]])  # fmt: skip
+        m[h][np.ix_([k, k + 4], [k, k + 4])] = block
+    want = np.asarray(fn(params, tokens))
+    eye = np.broadcast_to(np.eye(8), (4, 8, 8))
+    got = np.asarray(fn(by_hand(params, "block0", m, eye), tokens))
+    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+    general = invertible.random_invertible((4, 8, 8), rng)
+    assert (
+        np.abs(np.asarray(fn(by_hand(params, "block0", general, eye), tokens)) - want).max() > 0.1
+    )
+    # planted: B = A under per-pair maps; learned matching brings the midpoint back
+    g = {c.name: jnp.asarray(0.3 * rng.normal(size=(4, 4, 2)), jnp.float32) for c in found}
+    other = jax.tree.map(np.asarray, invertible.apply_pairs(
+        extended, found, rotary.block_pairs(g, found), params))  # fmt: skip
+    assert np.abs(np.asarray(fn(other, tokens)) - want).max() < 1e-3 * np.abs(want).max()
+
+    def loss(p, batch):
+        return jnp.mean((fn(p, batch) - want) ** 2)
+
+    def midpoint(b):
+        return float(loss(jax.tree.map(lambda x, y: (x + y) / 2, params, b), tokens))
+
+    aligned, info = learned.learned_matching(extended, None, found, params, other, loss,
+                                             (tokens for _ in range(60)), steps=60,
+                                             learning_rate=3e-2)  # fmt: skip
+    assert info["free_parameters"] == 2 * 4 * 8
+    assert midpoint(aligned) < 0.05 * midpoint(other), (midpoint(other), midpoint(aligned))

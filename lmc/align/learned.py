@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmc.align import invertible, orthogonal
+from lmc.align import invertible, orthogonal, rotary
 from lmc.align.axes import map_axis
 from lmc.align.spec import PermutationSpec, get_leaf, set_leaves
 from lmc.errors import UserError
@@ -115,26 +115,32 @@ def _rotate(roles: orthogonal.Roles, r, params):
 def _initial(spec: PermutationSpec, classes, d: int | None) -> dict:
     """Zero generators (T = identity): skew ones for orthogonal classes (names), general
     ones for invertible classes (`MapClass`), and the residual rotation's."""
-    theta: dict = {"maps": {}, "inv": {}}
+    theta: dict = {"maps": {}, "inv": {}, "rot": {}}
     for c in classes:
-        shape = spec.shape(_name(c)) + (spec.sizes[_name(c)],)
-        theta["inv" if isinstance(c, invertible.MapClass) else "maps"][_name(c)] = jnp.zeros(
-            shape, jnp.float32
-        )
+        shape, n = spec.shape(_name(c)), spec.sizes[_name(c)]
+        if isinstance(c, rotary.BlockClass):  # (log scale, angle) per pair
+            theta["rot"][c.name] = jnp.zeros(shape[:-1] + (n // 2, 2), jnp.float32)
+            continue
+        kind = "inv" if isinstance(c, invertible.MapClass) else "maps"
+        theta[kind][c.name] = jnp.zeros(shape + (n,), jnp.float32)
     if d is not None:
         theta["residual"] = jnp.zeros((d - 1, d - 1), jnp.float32)
     return theta
 
 
 def _name(c) -> str:
-    return c.name if isinstance(c, invertible.MapClass) else c
+    return c if isinstance(c, str) else c.name
 
 
 def free_parameters(theta: dict) -> int:
-    """Degrees of freedom of the maps: n(n-1)/2 per skew generator, n^2 per general one."""
+    """Degrees of freedom of the maps: n(n-1)/2 per skew generator, n^2 per general one,
+    2 per rotary pair."""
     count = 0
     for key, tree in theta.items():
         for x in jax.tree.leaves(tree):
+            if key == "rot":
+                count += x.size
+                continue
             n = x.shape[-1]
             per = n * n if key == "inv" else n * (n - 1) // 2
             count += per * int(np.prod(x.shape[:-2]))
@@ -206,7 +212,9 @@ def learned_matching(
     `classes` say what is learned: permutation names from `orthogonal_classes` get
     orthogonal maps, `invertible.MapClass`es from `invertible.invertible_classes`
     general invertible ones (exp of a general generator, so every iterate is
-    invertible and its inverse is exp(-X), never a numerical inverse).
+    invertible and its inverse is exp(-X), never a numerical inverse), and
+    `rotary.BlockClass`es a scale and an angle per rotary pair (`spec` then the
+    extended one `rotary.rotary_classes` returns).
     `loss_fn(params, batch)` is a training loss; each of `steps` steps takes one batch
     from `batches` and one interpolation weight drawn uniformly from `alpha`, and Adam
     (`learning_rate`, cosine-decayed to 0) follows the gradient of the loss at
@@ -245,10 +253,12 @@ def learned_matching(
         d = int(np.shape(get_leaf(params_a, roles.norms[0].scale))[0])
         basis = jnp.asarray(orthogonal._complement(d), jnp.float32)
     inv_classes = tuple(c for c in classes if isinstance(c, invertible.MapClass))
+    rot_classes = tuple(c for c in classes if isinstance(c, rotary.BlockClass))
 
     def transform(theta, p):
         p = apply_maps(spec, {n: _expm_skew(s) for n, s in theta["maps"].items()}, p)
         p = invertible.apply_pairs(spec, inv_classes, invertible.from_generators(theta["inv"]), p)
+        p = invertible.apply_pairs(spec, rot_classes, rotary.block_pairs(theta["rot"], classes), p)
         if basis is not None:
             p = _rotate(roles, _rotation(theta["residual"], basis), p)
         return p

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import jax
 
-from lmc.align import invertible, learned, lowrank, nested, orthogonal
+from lmc.align import invertible, learned, lowrank, nested, orthogonal, rotary
 from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units
 from lmc.align.trace import specs_from_model
 from lmc.align.weight_matching import weight_matching
@@ -142,18 +142,21 @@ def learned_matching(model, *args, **kwargs):
 
 
 def _classes(model, tree_a, example_input, spec, roles, maps: str):
-    """The continuous classes of `maps` ("orthogonal" or "invertible") the traced
-    program admits, the residual stream excluded."""
-    fn = _eval_fn(model, tree_a)
+    """(spec, the continuous classes of `maps` the traced program admits, the
+    residual stream excluded): "orthogonal", or "invertible" (general invertible maps,
+    and per-pair scale-rotations of rotary query/key, for which the spec is extended
+    by their axes)."""
+    fn, params = _eval_fn(model, tree_a), tree_a["params"]
+    exclude = (roles.residual,)
     if maps == "orthogonal":
-        find = learned.orthogonal_classes
-    elif maps == "invertible":
-        find = invertible.invertible_classes
-    else:
+        return spec, learned.orthogonal_classes(fn, spec, params, example_input, exclude=exclude)
+    if maps != "invertible":
         raise UserError(
             f"learned matching: maps must be 'orthogonal' or 'invertible', got {maps!r}"
         )
-    return find(fn, spec, tree_a["params"], example_input, exclude=(roles.residual,))
+    found = invertible.invertible_classes(fn, spec, params, example_input, exclude=exclude)
+    extended, blocks = rotary.rotary_classes(fn, spec, params, example_input)
+    return (extended, found + blocks) if blocks else (spec, found)
 
 
 def _loss(model, tree_a, loss_fn):
@@ -202,7 +205,7 @@ def _learned_recipe(
         rounds=rounds,
     )  # fmt: skip
     spec, roles = info["params_spec"], info["roles"]
-    classes = _classes(model, tree_a, example_input, spec, roles, maps)
+    spec, classes = _classes(model, tree_a, example_input, spec, roles, maps)
     params_b, learned_info = learned.learned_matching(
         spec, roles, classes, tree_a["params"], start["params"], _loss(model, tree_a, loss_fn),
         batches, key=key, steps=steps, learning_rate=learning_rate, alpha=alpha, dual=dual,
@@ -242,7 +245,7 @@ def lowrank_control(
         rounds=rounds,
     )  # fmt: skip
     spec, roles = info["params_spec"], info["roles"]
-    classes = _classes(model, tree_a, example_input, spec, roles, maps)
+    spec, classes = _classes(model, tree_a, example_input, spec, roles, maps)
     d = int(jax.numpy.shape(get_leaf(tree_a["params"], roles.norms[0].scale))[0])
     budget = learned.free_parameters(learned._initial(spec, classes, d))
     rank = lowrank.rank_for(start["params"], budget)
