@@ -207,8 +207,11 @@ def test_rotary_query_key_class_is_a_scale_and_rotation_per_pair():
     def midpoint(b):
         return float(loss(jax.tree.map(lambda x, y: (x + y) / 2, params, b), tokens))
 
-    aligned, info = learned.learned_matching(extended, None, found, params, other, loss,
+    # with the value/output classes beside them, as the recipe learns them
+    both = found + invertible.invertible_classes(fn, spec, params, tokens)
+    assert len(both) == 4
+    aligned, info = learned.learned_matching(extended, None, both, params, other, loss,
                                              (tokens for _ in range(60)), steps=60,
                                              learning_rate=3e-2)  # fmt: skip
-    assert info["free_parameters"] == 2 * 4 * 8
+    assert info["free_parameters"] == 2 * 4 * 8 + 2 * 4 * 64
     assert midpoint(aligned) < 0.05 * midpoint(other), (midpoint(other), midpoint(aligned))

@@ -258,7 +258,9 @@ def learned_matching(
     def transform(theta, p):
         p = apply_maps(spec, {n: _expm_skew(s) for n, s in theta["maps"].items()}, p)
         p = invertible.apply_pairs(spec, inv_classes, invertible.from_generators(theta["inv"]), p)
-        p = invertible.apply_pairs(spec, rot_classes, rotary.block_pairs(theta["rot"], classes), p)
+        p = invertible.apply_pairs(
+            spec, rot_classes, rotary.block_pairs(theta["rot"], rot_classes), p
+        )
         if basis is not None:
             p = _rotate(roles, _rotation(theta["residual"], basis), p)
         return p

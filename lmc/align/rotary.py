@@ -62,7 +62,7 @@ def block_map(log_scale, angle, pairing: str):
 
 def block_pairs(generators: dict, classes) -> dict[str, tuple]:
     """{name: (M, M^-T)} from generators (..., n/2, 2) = (log scale, angle) per pair."""
-    pairing = {c.name: c.pairing for c in classes}
+    pairing = {c.name: c.pairing for c in classes if isinstance(c, BlockClass)}
     out = {}
     for name, g in generators.items():
         log_s, angle = g[..., 0], g[..., 1]
