@@ -122,7 +122,7 @@ def _initial(spec: PermutationSpec, classes, d: int | None) -> dict:
             theta["rot"][c.name] = jnp.zeros(shape[:-1] + (n // 2, 2), jnp.float32)
             continue
         kind = "inv" if isinstance(c, invertible.MapClass) else "maps"
-        theta[kind][c.name] = jnp.zeros(shape + (n,), jnp.float32)
+        theta[kind][_name(c)] = jnp.zeros(shape + (n,), jnp.float32)
     if d is not None:
         theta["residual"] = jnp.zeros((d - 1, d - 1), jnp.float32)
     return theta
