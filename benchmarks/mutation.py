@@ -130,6 +130,24 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "learned matching: the invertible per-head maps are the identity",
+        "lmc/align/invertible.py",
+        "return {n: (expm(x), expm(-jnp.swapaxes(x, -1, -2))) for n, x in generators.items()}",
+        "return {n: (expm(0 * x), expm(0 * x)) for n, x in generators.items()}",
+        (
+            "tests/align/test_align_invertible.py::test_learned_matching_recovers_planted_invertible_maps",
+        ),
+    ),
+    Mutation(
+        "invertible classes: the contravariant side gets M instead of M^-T",
+        "lmc/align/invertible.py",
+        "use = m_inv_t if ref.path in c.contra else m",
+        "use = m",
+        (
+            "tests/align/test_align_invertible.py::test_invertible_classes_are_the_two_sides_of_each_head",
+        ),
+    ),
+    Mutation(
         "barrier: measured against the endpoints' mean instead of the line",
         "lmc/evaluate/barriers.py",
         "gaps = [v - ((1 - a) * f0 + a * f1) for a, v in zip(alphas, values, strict=True)]",

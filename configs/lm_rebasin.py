@@ -7,7 +7,10 @@ the straight line between them is measured naively and after each alignment meth
 units and the orthogonal residual map, and learned matching, which trains the
 orthogonal maps on the path loss); every method of `lmc/experiments/common/methods.py` runs
 (`naive`, `weight_matching`, `activation_matching`, `ste`, `weight_matching_heads`,
-`weight_matching_orthogonal`, `learned_matching`, with `+repair`):
+`weight_matching_orthogonal`, `learned_matching`, `learned_matching_invertible`
+(general invertible per-head maps), `learned_matching_dual` (maps on both
+endpoints), `lowrank_control` (the learned methods' capacity control), with
+`+repair`):
 
     lmc run --config=configs/lm_rebasin.py --config.eval.methods="('naive','learned_matching')"
 

@@ -86,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.num_alphas = 25  # evenly spaced points of the curve, ends included
     # naive | weight_matching | activation_matching | ste | weight_matching_heads |
-    # weight_matching_orthogonal | learned_matching | activation_matching_heads, each
+    # weight_matching_orthogonal | learned_matching | activation_matching_heads |
+    # learned_matching_invertible | learned_matching_dual | lowrank_control, each
     # optionally +reset or +repair
     c.eval.methods = ("naive", "weight_matching")
     c.eval.train_subset = 10000  # first N training examples used for train-side curves
@@ -103,6 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
     # each) and step size for the orthogonal maps' generators.
     c.align.learned_steps = 1000
     c.align.learned_lr = 1e-2  # learned_matching: Adam step size
+    # learned methods: batches held out of the alignment stream for early stopping on
+    # the held-out path loss, measured every learned_eval_every steps (0: no holdout).
+    c.align.learned_holdout = 0
+    c.align.learned_eval_every = 50
 
     # Sweep experiments (ignored by `pair`).
     c.instability = ml_collections.ConfigDict()
@@ -165,7 +170,8 @@ def lm_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 128  # windows per evaluation batch
     c.eval.train_subset = 0  # text: the fixed held-in windows (config.data.eval_windows)
     # naive | weight_matching | activation_matching | ste | weight_matching_heads |
-    # weight_matching_orthogonal | learned_matching | activation_matching_heads, each
+    # weight_matching_orthogonal | learned_matching | activation_matching_heads |
+    # learned_matching_invertible | learned_matching_dual | lowrank_control, each
     # optionally +reset or +repair
     c.eval.methods = ("naive", "weight_matching")
 

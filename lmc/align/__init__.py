@@ -40,6 +40,7 @@ from lmc.align.learned import orthogonal_classes
 from lmc.align.merge_many import merge_many
 from lmc.align.recipes import (
     learned_matching,
+    lowrank_control,
     weight_matching_heads,
     weight_matching_orthogonal,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "identity",
     "inverse",
     "learned_matching",
+    "lowrank_control",
     "merge_many",
     "nested_units",
     "orthogonal_classes",

@@ -29,15 +29,19 @@ B's combined tree aligned to A (the same function as B) and an info dict.
   class the traced program admits them for, learned on the loss of interpolated
   networks (`lmc.align.learned`). `batches` yield (inputs, labels); the loss is the
   model's cross-entropy unless `loss_fn(params, batch)` is given. Called with a spec
-  first, `learned_matching` is the spec-level method itself.
+  first, `learned_matching` is the spec-level method itself. `maps="invertible"`:
+  general invertible per-head maps (`lmc.align.invertible`); `dual=True`: maps on
+  both endpoints.
+- `lowrank_control`: learned matching's capacity control, a low-rank correction of B
+  with its number of free parameters (`lmc.align.lowrank`).
 """
 
 from __future__ import annotations
 
 import jax
 
-from lmc.align import learned, orthogonal
-from lmc.align.spec import PermutationSpec, apply_permutation, nested_units
+from lmc.align import invertible, learned, lowrank, orthogonal, rotary
+from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units
 from lmc.align.trace import specs_from_model
 from lmc.align.weight_matching import weight_matching
 from lmc.errors import UserError
@@ -146,6 +150,38 @@ def learned_matching(model, *args, **kwargs):
     return _learned_recipe(model, *args, **kwargs)
 
 
+def _classes(model, tree_a, example_input, spec, roles, maps: str):
+    """(spec, the continuous classes of `maps` the traced program admits, the
+    residual stream excluded): "orthogonal", or "invertible" (general invertible maps,
+    and per-pair scale-rotations of rotary query/key, for which the spec is extended
+    by their axes)."""
+    fn, params = _eval_fn(model, tree_a), tree_a["params"]
+    exclude = (roles.residual,)
+    if maps == "orthogonal":
+        return spec, learned.orthogonal_classes(fn, spec, params, example_input, exclude=exclude)
+    if maps != "invertible":
+        raise UserError(
+            f"learned matching: maps must be 'orthogonal' or 'invertible', got {maps!r}"
+        )
+    found = invertible.invertible_classes(fn, spec, params, example_input, exclude=exclude)
+    extended, blocks = rotary.rotary_classes(fn, spec, params, example_input)
+    return (extended, found + blocks) if blocks else (spec, found)
+
+
+def _loss(model, tree_a, loss_fn):
+    if loss_fn is not None:
+        return loss_fn
+    from lmc.evaluate.metrics import cross_entropy
+
+    state = tree_a["model_state"]
+
+    def loss(params, batch):
+        logits, _ = model.apply(params, state, batch[0], False)
+        return cross_entropy(logits, batch[1]).mean()
+
+    return loss
+
+
 def _learned_recipe(
     model,
     tree_a,
@@ -161,10 +197,16 @@ def _learned_recipe(
     max_iter: int = 100,
     restarts=RESTARTS,
     rounds: int = 3,
+    maps: str = "orthogonal",
+    dual: bool = False,
+    holdout=(),
+    eval_every: int = 50,
 ):
-    """B aligned by `weight_matching_orthogonal`, then with learned orthogonal maps;
-    returns (tree, info): the orthogonal recipe's info plus `steps`, `classes`,
-    `losses` (path loss per step)."""
+    """B aligned by `weight_matching_orthogonal`, then with learned maps (`maps`:
+    "orthogonal", or "invertible" for general invertible per-head maps; `dual`: both
+    endpoints learn maps; `holdout`: batches for early stopping); returns (tree,
+    info): the orthogonal recipe's info plus `steps`, `classes`, `losses` (path loss
+    per step), `free_parameters` and, with `holdout`, `best_step`."""
     model = _model(model)
     key = jax.random.key(0) if key is None else key
     start, info = weight_matching_orthogonal(
@@ -172,20 +214,54 @@ def _learned_recipe(
         rounds=rounds,
     )  # fmt: skip
     spec, roles = info["params_spec"], info["roles"]
-    state = tree_a["model_state"]
-    classes = learned.orthogonal_classes(
-        _eval_fn(model, tree_a), spec, tree_a["params"], example_input, exclude=(roles.residual,)
-    )
-    if loss_fn is None:
-        from lmc.evaluate.metrics import cross_entropy
-
-        def loss_fn(params, batch):
-            logits, _ = model.apply(params, state, batch[0], False)
-            return cross_entropy(logits, batch[1]).mean()
-
+    spec, classes = _classes(model, tree_a, example_input, spec, roles, maps)
     params_b, learned_info = learned.learned_matching(
-        spec, roles, classes, tree_a["params"], start["params"], loss_fn, batches, key=key,
-        steps=steps, learning_rate=learning_rate, alpha=alpha,
+        spec, roles, classes, tree_a["params"], start["params"], _loss(model, tree_a, loss_fn),
+        batches, key=key, steps=steps, learning_rate=learning_rate, alpha=alpha, dual=dual,
+        holdout=holdout, eval_every=eval_every,
     )  # fmt: skip
-    info.update({k: learned_info[k] for k in ("steps", "classes", "losses")})
+    info.update({k: v for k, v in learned_info.items() if k != "seconds"})
+    return {"params": params_b, "model_state": tree_b["model_state"]}, info
+
+
+def lowrank_control(
+    model,
+    tree_a,
+    tree_b,
+    example_input,
+    batches,
+    *,
+    loss_fn=None,
+    key=None,
+    steps: int = 300,
+    learning_rate: float = 1e-2,
+    alpha: tuple[float, float] = (0.2, 0.8),
+    max_iter: int = 100,
+    restarts=RESTARTS,
+    rounds: int = 3,
+    maps: str = "invertible",
+    holdout=(),
+    eval_every: int = 50,
+):
+    """Learned matching's capacity control (`lmc.align.lowrank`): from the same start
+    (`weight_matching_orthogonal`), a low-rank correction of B with about as many free
+    parameters as learned matching with `maps` would learn, trained on the same path
+    loss; returns (tree of B', info with `rank`, `free_parameters`, `budget`)."""
+    model = _model(model)
+    key = jax.random.key(0) if key is None else key
+    start, info = weight_matching_orthogonal(
+        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts,
+        rounds=rounds,
+    )  # fmt: skip
+    spec, roles = info["params_spec"], info["roles"]
+    spec, classes = _classes(model, tree_a, example_input, spec, roles, maps)
+    d = int(jax.numpy.shape(get_leaf(tree_a["params"], roles.norms[0].scale))[0])
+    budget = learned.free_parameters(learned._initial(spec, classes, d))
+    rank = lowrank.rank_for(start["params"], budget)
+    params_b, control_info = lowrank.lowrank_control(
+        tree_a["params"], start["params"], _loss(model, tree_a, loss_fn), batches, rank=rank,
+        key=key, steps=steps, learning_rate=learning_rate, alpha=alpha, holdout=holdout,
+        eval_every=eval_every,
+    )  # fmt: skip
+    info.update({k: v for k, v in control_info.items() if k != "seconds"}, budget=budget)
     return {"params": params_b, "model_state": tree_b["model_state"]}, info

@@ -26,11 +26,24 @@ function and one entry each):
   value/output (every class the traced program shows to be orthogonally symmetric),
   trained by Adam on the training loss at interpolation weights drawn uniformly from
   `LEARNED_ALPHAS`, `config.align.learned_steps` steps; the permutations stay fixed.
+- `learned_matching_invertible`: the same with general invertible per-head maps
+  (q -> q M, k -> k M^-T; v -> v N, W_o -> N^-1 W_o; `lmc.align.invertible`).
+- `learned_matching_dual`: invertible maps learned on both endpoints toward a shared
+  path (Li & Shen 2026); B is returned as T_A^-1 T_B(B), whose line from A is that
+  path up to a symmetry.
+- `lowrank_control`: the capacity control of the learned methods: as many free
+  parameters as `learned_matching_invertible`, same start, batches, steps and path
+  loss, spent on a low-rank correction of B that is no symmetry (`lmc.align.lowrank`).
+
+The learned methods hold out `config.align.learned_holdout` batches of their stream
+for early stopping and report their data budget (`data`: windows read and their
+bytes as a multiple of one model's training).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 
@@ -39,8 +52,8 @@ import numpy as np
 
 from lmc.errors import UserError
 
-# Plain weight matching's visiting orders tried before the nested refinement: its
-# objective has many local optima on attention layers.
+# Visiting orders of the transformer recipes' weight matching (heads, orthogonal,
+# learned): its objective has many local optima on attention layers.
 WM_RESTARTS = 4
 # The interpolation weights the learned matching's path loss is drawn from: around
 # the midpoint, where the barrier sits, so the whole middle of the path is lowered.
@@ -187,26 +200,46 @@ def check_learned(config) -> None:
         raise UserError(f"config.align.learned_lr must be positive, got {lr!r}")
 
 
-def learned(config, model, dataset, ea, eb):
-    """`learned_matching`: returns (aligned endpoint b, info)."""
+def learned(config, model, dataset, ea, eb, control=False, **options):
+    """The learned methods (`options`: maps, dual; `control`: `lowrank_control`):
+    returns (aligned endpoint b, info with the data budget)."""
     from lmc import align
 
     size = min(int(config.batch_size), dataset.num_train)
     seed = int(config.align.seed) + 20_000  # not any child's data seed, nor align_batches'
-    steps = int(config.align.learned_steps)
+    steps, held = int(config.align.learned_steps), int(config.align.learned_holdout)
     batches = (dataset.train_batch(seed, s, size) for s in range(steps))
-    aligned, info = align.learned_matching(
+    # held-out batches: the same stream, after the training ones
+    holdout = [dataset.train_batch(seed, steps + i, size) for i in range(held)]
+    run = align.lowrank_control if control else align.learned_matching
+    aligned, info = run(
         model, ea, eb, dataset.train_x[:2], batches, key=_key(config), steps=steps,
         learning_rate=float(config.align.learned_lr), alpha=LEARNED_ALPHAS,
-        max_iter=int(config.align.max_iter), restarts=WM_RESTARTS,
+        max_iter=int(config.align.max_iter), restarts=WM_RESTARTS, holdout=holdout,
+        eval_every=int(config.align.learned_eval_every), **options,
     )  # fmt: skip
     losses = info["losses"]
     tail = max(1, len(losses) // 10)
+    keep = ("free_parameters", "dual", "max_condition", "best_step", "holdout_losses", "rank",
+            "budget")  # fmt: skip
     return aligned, {
-        **orthogonal_info(info), "steps": info["steps"], "learned_classes": info["classes"],
+        **orthogonal_info(info), "steps": info["steps"],
+        "learned_classes": info.get("classes", []),
         "path_loss_first": losses[0] if losses else None,
         "path_loss_last": float(np.mean(losses[-tail:])) if losses else None,
+        **{k: info[k] for k in keep if k in info},
+        "data": data_budget(config, dataset, size, steps + held),
     }  # fmt: skip
+
+
+def data_budget(config, dataset, batch: int, batches: int) -> dict:
+    """What a learned method read: windows, bytes, and bytes as a multiple of one
+    model's training (num_steps x batch_size windows of the same context)."""
+    context = int(dataset.train_x.shape[-1])
+    trained = int(config.num_steps) * int(config.batch_size) * context
+    read = batches * batch * context
+    return {"batches": batches, "batch": batch, "context": context, "tokens": read,
+            "of_training": round(read / trained, 4) if trained else None}  # fmt: skip
 
 
 def straight_through(config, model, dataset, ea, eb):
@@ -260,4 +293,11 @@ METHODS = {
     "weight_matching_orthogonal": Method(orthogonal_matching),
     "learned_matching": Method(learned, check=check_learned),
     "activation_matching_heads": Method(activation_heads_matching),
+    "learned_matching_invertible": Method(
+        functools.partial(learned, maps="invertible"), check=check_learned
+    ),
+    "learned_matching_dual": Method(
+        functools.partial(learned, maps="invertible", dual=True), check=check_learned
+    ),
+    "lowrank_control": Method(functools.partial(learned, control=True), check=check_learned),
 }
