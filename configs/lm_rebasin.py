@@ -27,7 +27,7 @@ are in docs/results/lm_merging.md):
 
 Expected (3 pairs, held-out endpoints 1.51-1.56 nats/byte), test-loss barrier mean
 ± std: naive 2.30 ± 0.08; activation matching 1.55 ± 0.07; weight matching
-1.96 ± 0.05; + per-head 1.85 ± 0.04; + orthogonal residual 1.56 ± 0.06; learned
+1.96 ± 0.05; + per-head 1.93 ± 0.06; + orthogonal residual 1.52 ± 0.08; learned
 matching 0.243 ± 0.003, i.e. 11% of the naive barrier left (docs/results/lm_merging.md
 has the table). The default run is pair 0; measured through
 `lmc run`: naive 2.319, activation matching 1.502, weight matching + orthogonal
