@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     # learned methods: batches held out of the alignment stream for early stopping on
     # the held-out path loss, measured every learned_eval_every steps (0: no holdout).
     c.align.learned_holdout = 0
-    c.align.learned_eval_every = 50
+    c.align.learned_eval_every = 50  # steps between held-out path-loss measurements
 
     # Sweep experiments (ignored by `pair`).
     c.instability = ml_collections.ConfigDict()
