@@ -186,6 +186,26 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "weight matching: a fixed permutation is solved anyway",
+        "lmc/align/weight_matching.py",
+        "free = [n for n in self.names if n not in fixed]",
+        "free = list(self.names)",
+        (
+            "tests/align/test_align_weight_matching.py::"
+            "test_fixed_permutations_stay_and_the_others_are_matched_given_them",
+        ),
+    ),
+    Mutation(
+        "orthogonal: the symmetry check's subspace rotation moves nothing",
+        "lmc/align/orthogonal.py",
+        "yield path, x + map_axis(map_axis(x, u, axis), w, axis)",
+        "yield path, x",
+        (
+            "tests/align/test_align_transformer.py::"
+            "test_subspace_rotation_is_the_dense_one_and_the_check_refuses_a_broken_stream",
+        ),
+    ),
+    Mutation(
         "spec rule: transpose ignores its permutation",
         "lmc/align/rules.py",
         'return [tuple(ins[0][p] for p in eqn.params["permutation"])]',

@@ -325,17 +325,26 @@ def _complement(d: int) -> np.ndarray:
     return _complement_cached(d)
 
 
-def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
-    """A random orthogonal (d, d) matrix with R 1 = 1."""
+def random_rotation(d: int, rng: np.random.Generator, rank: int | None = None):
+    """A random orthogonal (d, d) matrix with R 1 = 1; with `rank`, one that rotates a
+    random `rank`-dimensional subspace (orthogonal to the ones vector) and fixes the
+    rest, as the factors (U, W) of R = I + U W: applying it reads every residual weight
+    once instead of a dense d x d product, and every coordinate still moves."""
     q = _complement(d)
     with single_threaded():
-        m, _ = np.linalg.qr(rng.normal(size=(d - 1, d - 1)))
-        return q @ m @ q.T + np.ones((d, d)) / d
+        if rank is None:
+            m, _ = np.linalg.qr(rng.normal(size=(d - 1, d - 1)))
+            return q @ m @ q.T + np.ones((d, d)) / d
+        k = min(int(rank), d - 1)
+        u = q @ np.linalg.qr(rng.normal(size=(d - 1, k)))[0]
+        m, _ = np.linalg.qr(rng.normal(size=(k, k)))
+        return u, (m - np.eye(k)) @ u.T
 
 
-def rotate(roles: Roles, r: np.ndarray, params):
+def rotate(roles: Roles, r, params):
     """Every residual axis x[..., j, ...] -> sum_j x[..., j, ...] R[j, i] (norm params,
-    all ones/zeros after folding, are left alone). float32, like the params."""
+    all ones/zeros after folding, are left alone). float32, like the params. `r`: a
+    (d, d) matrix, or the factors (U, W) of R = I + U W (`random_rotation`'s `rank`)."""
     tree = _owned(params)
     for path, leaf in _rotated_leaves(roles, r, tree):
         _put(tree, path, leaf)
@@ -346,13 +355,19 @@ def _rotated_leaves(roles: Roles, r: np.ndarray, tree):
     """(path, rotated leaf), one at a time; a leaf with two residual axes is read
     again after its first is rotated, so `_put` each before the next is drawn."""
     skip = roles.norm_leaves()
-    r = np.asarray(r, np.float32)
+    factors = isinstance(r, tuple)
+    r = tuple(np.asarray(f, np.float32) for f in r) if factors else np.asarray(r, np.float32)
     for path, axis in roles.axes:
         if path in skip:
             continue
         x = np.asarray(get_leaf(tree, path), np.float32)
-        with blas_threads(x.size * len(r)):
-            yield path, map_axis(x, r, axis)
+        if factors:
+            u, w = r
+            with blas_threads(x.size * len(w)):
+                yield path, x + map_axis(map_axis(x, u, axis), w, axis)
+        else:
+            with blas_threads(x.size * len(r)):
+                yield path, map_axis(x, r, axis)
 
 
 def _owned(tree):
@@ -423,12 +438,18 @@ def objective(roles: Roles, folded_a, folded_b) -> float:
     )
 
 
+# The symmetry check rotates a random subspace of this dimension: each weight's
+# coordinates all move (U is dense), at a cost linear in the model's size.
+CHECK_RANK = 16
+
+
 def check_rotation(fn, roles: Roles, params, *args, seed: int = 0, rtol: float = 1e-3) -> float:
     """Largest output change under a random rotation of the folded residual stream,
     relative to the outputs' scale; raises UserError above `rtol`."""
     folded = fold(roles, params)
     d = np.shape(get_leaf(params, roles.norms[0].scale))[0]
-    rotated = rotate(roles, random_rotation(d, np.random.default_rng(seed)), folded)
+    rng = np.random.default_rng(seed)
+    rotated = rotate(roles, random_rotation(d, rng, rank=CHECK_RANK), folded)
     run = jax.jit(fn)  # one compilation for the three evaluations
     want = np.asarray(run(params, *args), np.float64)
     got_fold = np.asarray(run(folded, *args), np.float64)
@@ -476,9 +497,14 @@ def weight_matching_orthogonal(
     linear = len(paths) == len(set(paths))
     info = {"objective": [], "rounds": int(rounds)}
     for i in range(int(rounds)):
+        # After the first round the residual permutation stays fixed: the rotation that
+        # follows is the best over all R, permutations included. The other blocks (MLP
+        # units, head families) only meet each other through the stream, so given it
+        # one sweep solves each of them exactly, and no residual cost is built twice.
         perms, wm = weight_matching(
             spec, fa, current, key=jax.random.fold_in(key, i), init=init if i == 0 else None,
             restarts=int(restarts) if i == 0 else 1, max_iter=max_iter,
+            fixed=(roles.residual,) if i > 0 else (),
         )  # fmt: skip
         if i == 0:
             info.update(sweeps=wm["sweeps"], restart_objectives=wm.get("restart_objectives", []))

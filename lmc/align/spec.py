@@ -369,9 +369,18 @@ def permute_leaf(x, leaf_refs: Iterable[tuple[str, AxisRef]], perms: Mapping[str
     Plain permutations go first: a nested permutation's row l is for the unit that
     lands at position l (see the module docstring)."""
     for name, r in sorted(leaf_refs, key=lambda nr: nr[1].stack is not None):
-        if (name, r) != skip:
+        if (name, r) != skip and not _identity(perms[name]):
             x = permute_axis(x, perms[name], r.axis, r.inner, r.stack)
     return x
+
+
+def _identity(perm) -> bool:
+    """A host permutation (or stack of them) that moves nothing: skipping its gather
+    saves a pass over the leaf (weight matching's J and the orthogonal rounds meet
+    many, e.g. a residual permutation held fixed)."""
+    if not isinstance(perm, np.ndarray):
+        return False  # device arrays and tracers: applied as given
+    return bool((perm == np.arange(perm.shape[-1])).all())
 
 
 def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], tree: Any) -> Any:

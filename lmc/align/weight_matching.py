@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -61,7 +61,7 @@ from lmc.align import nested
 from lmc.align.axes import row_map, unit_rows
 from lmc.align.inputs import check_finite, check_same_structure, flat
 from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, permute_leaf, resolve
-from lmc.align.stacked import restack, unstack_perms, unstack_spec, unstack_tree
+from lmc.align.stacked import layer_name, restack, unstack_perms, unstack_spec, unstack_tree
 from lmc.align.threads import blas_threads
 from lmc.errors import UserError
 
@@ -219,7 +219,7 @@ class Problem:
     Holds A's and B's leaves as host float32 arrays (no copy when they already are)
     and reads every cost product from them: no stacked copies on the NumPy path."""
 
-    def __init__(self, spec: PermutationSpec, sizes: Mapping[str, int], tree_a, tree_b):
+    def __init__(self, spec: PermutationSpec, sizes: Mapping[str, int], tree_a, tree_b, fixed=()):
         fams = nested.validate(spec) if spec.stacks else {}
         inside = {w for ws in fams.values() for w in ws}
         self.names = list(spec.axes)
@@ -231,8 +231,9 @@ class Problem:
         self.leaves_a = [np.asarray(get_leaf(tree_a, p), np.float32) for p in self.paths]
         self.leaves_b = [np.asarray(get_leaf(tree_b, p), np.float32) for p in self.paths]
         self.tree_a, self.tree_b = tree_a, tree_b
-        self.blocks = [Block(n, ()) for n in self.names if n not in fams and n not in inside]
-        self.blocks += [Block(h, tuple(ws)) for h, ws in fams.items()]
+        free = [n for n in self.names if n not in fixed]
+        self.blocks = [Block(n, ()) for n in free if n not in fams and n not in inside]
+        self.blocks += [Block(h, tuple(ws)) for h, ws in fams.items() if h not in fixed]
         self.nested = bool(fams)
         self.solve = Memo()  # shared by the restarts
         self.linear = True  # J moves by exactly new - old per step (see `_entries`)
@@ -463,6 +464,7 @@ def weight_matching(
     max_iter: int = 100,
     init: Mapping[str, object] | None = None,
     restarts: int = 1,
+    fixed: Sequence[str] = (),
 ):
     """Permutations of B's hidden units that best match A's weights.
 
@@ -475,6 +477,8 @@ def weight_matching(
     `fold_in(key, i)`, restart 0 `key` itself); the one with the largest final J is
     returned, and `info["restart_objectives"]` lists each run's final J. The objective
     has many local optima on attention layers, where the visiting order decides.
+    `fixed`: permutations held at `init` (or the identity); the others are matched
+    given them.
 
     A spec with nested units (`spec_from_function(..., nested=True)`: heads permuted
     as units, per-head within-head permutations) is solved by block coordinate
@@ -490,13 +494,21 @@ def weight_matching(
             "the permutation spec is empty: nothing to align, returning identity", stacklevel=2
         )
         return {}, {"objective": [], "sweeps": 0, "wall_s": time.perf_counter() - t0}
+    unknown = sorted(set(fixed) - set(wspec.axes))
+    if unknown:
+        raise UserError(f"weight_matching: fixed names no permutation of the spec: {unknown}")
     keys = [key] + [jax.random.fold_in(key, i) for i in range(1, int(restarts))]
     stacked = wspec
     if wspec.stacks and not nested.families(wspec):  # per layer: match the layers' slices
         wspec = unstack_spec(stacked, tree_a)
         tree_a, tree_b = unstack_tree(stacked, tree_a), unstack_tree(stacked, tree_b)
         sizes, init = check_sizes(wspec, tree_a), unstack_perms(stacked, init)
-    problem = Problem(wspec, sizes, tree_a, tree_b)
+        fixed = [
+            layer_name(n, i) if n in stacked.stacks else n
+            for n in fixed
+            for i in range(stacked.stacks.get(n, 1))
+        ]
+    problem = Problem(wspec, sizes, tree_a, tree_b, fixed=tuple(fixed))
     runs = []
     for k in keys:
         perms = {n: initial(init, n, problem.shapes[n]) for n in problem.names}

@@ -11,6 +11,7 @@ import pytest
 from lmc import align
 from lmc.align import orthogonal
 from lmc.align.spec import get_leaf, nested_units
+from lmc.errors import UserError
 from lmc.models.transformer import build_transformer
 
 POSITIONS = ("learned", "rotary")
@@ -113,6 +114,34 @@ def test_norm_rewrites_and_rotations_keep_the_logits(positions):
     # control: a rotation that moves the ones vector breaks the LayerNorm form
     q, _ = np.linalg.qr(rng.normal(size=(32, 32)))
     assert np.abs(np.asarray(fn(orthogonal.rotate(roles, q, folded), tokens)) - want).max() > 0.1
+
+
+def test_subspace_rotation_is_the_dense_one_and_the_check_refuses_a_broken_stream():
+    """The symmetry check's cheap rotation (R = I + U W on a random subspace) maps every
+    residual leaf as the dense matrix I + U W does, is a symmetry of the model, and a
+    program with an elementwise op on the stream is refused."""
+    fn, params, tokens = lm("learned")
+    roles = orthogonal.roles(fn, align.spec_from_function(fn, params, tokens), params, tokens)
+    folded = orthogonal.fold(roles, params)
+    u, w = orthogonal.random_rotation(32, np.random.default_rng(1), rank=6)
+    dense = np.eye(32) + u @ w
+    assert np.allclose(dense @ dense.T, np.eye(32), atol=1e-12)
+    assert np.allclose(dense @ np.ones(32), np.ones(32), atol=1e-12)
+    by_factors = orthogonal.rotate(roles, (u, w), folded)
+    by_matrix = orthogonal.rotate(roles, dense, folded)
+    for a, b in zip(jax.tree.leaves(by_factors), jax.tree.leaves(by_matrix), strict=True):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-5
+    want = np.asarray(fn(params, tokens))
+    assert np.abs(np.asarray(fn(by_factors, tokens)) - want).max() < 1e-4 * np.abs(want).max()
+    assert orthogonal.check_rotation(fn, roles, params, tokens) < 1e-4
+
+    def squashed(p, t):  # tanh on the embedding: written to the stream elementwise
+        return fn({**p, "embed": {"embedding": jnp.tanh(p["embed"]["embedding"])}}, t)
+
+    plain = align.spec_from_function(squashed, params, tokens)
+    roles = orthogonal.roles(squashed, plain, params, tokens)
+    with pytest.raises(UserError, match="not rotation-symmetric"):
+        orthogonal.check_rotation(squashed, roles, params, tokens)
 
 
 def test_orthogonal_matching_recovers_planted_rotation_and_heads():

@@ -53,6 +53,33 @@ def test_planted_permutations_are_recovered(name, kw):
     assert _recovered(perms2, expected)
 
 
+def test_fixed_permutations_stay_and_the_others_are_matched_given_them():
+    """`fixed`: a permutation held at its init; every other one is the exact best
+    response to it (checked against scipy on its own cost), and with the planted
+    value held the rest of the planted permutations are recovered."""
+    spec, a, b, expected = _planted("mlp", 0, width=32, depth=3)
+    names = sorted(expected)
+    held = names[0]
+    perms, _ = align.weight_matching(
+        spec, a["params"], b["params"], fixed=(held,), init={held: expected[held]}
+    )
+    assert _recovered(perms, expected)
+    perms, _ = align.weight_matching(spec, a["params"], b["params"], fixed=(held,))
+    assert np.array_equal(np.asarray(perms[held]), np.arange(len(perms[held])))
+    wspec = spec.subtree("params")
+    problem = wm.Problem(wspec, dict(wspec.sizes), a["params"], b["params"])
+    current = [np.asarray(perms[n]) for n in problem.names]
+    for p, name in enumerate(problem.names):
+        if name == held:
+            continue
+        cost = problem.cost(p, current)
+        rows = np.arange(cost.shape[0])
+        _, best = linear_sum_assignment(cost, maximize=True)
+        assert cost[rows, best].sum() <= cost[rows, current[p]].sum() + 1e-4 * np.abs(cost).max()
+    with pytest.raises(UserError, match="fixed names no permutation"):
+        align.weight_matching(spec, a["params"], b["params"], fixed=("nope",))
+
+
 def _objective(spec, a, b, perms):
     bp = align.apply_permutation(spec, perms, b)
     return sum(
