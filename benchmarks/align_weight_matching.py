@@ -1,4 +1,4 @@
-"""Weight matching speed: `lmc.align.weight_matching` vs a plain eager NumPy reference.
+"""Weight matching speed: `lmc.align.discrete.weight_matching` vs a plain eager NumPy reference.
 
 The reference is a line-by-line NumPy port of Git Re-Basin's `weight_matching`
 (recompute every cost matrix from scratch each step, no skipping; the objective

@@ -114,14 +114,14 @@ MUTATIONS = [
     ),
     Mutation(
         "STE: the update step is a no-op",
-        "lmc/align/ste.py",
+        "lmc/align/discrete/ste.py",
         "return optax.apply_updates(proxy, updates), opt_state, loss",
         "return proxy, opt_state, loss",
         ("tests/align/test_ste.py::test_ste_lowers_the_midpoint_loss_that_weight_matching_leaves",),
     ),
     Mutation(
         "learned matching: the orthogonal maps never move",
-        "lmc/align/learned.py",
+        "lmc/align/continuous/learned.py",
         "return optax.apply_updates(theta, updates), opt_state, loss",
         "return theta, opt_state, loss",
         (
@@ -131,7 +131,7 @@ MUTATIONS = [
     ),
     Mutation(
         "learned matching: the invertible per-head maps are the identity",
-        "lmc/align/invertible.py",
+        "lmc/align/continuous/invertible.py",
         "return {n: (expm(x), expm(-jnp.swapaxes(x, -1, -2))) for n, x in generators.items()}",
         "return {n: (expm(0 * x), expm(0 * x)) for n, x in generators.items()}",
         (
@@ -140,7 +140,7 @@ MUTATIONS = [
     ),
     Mutation(
         "invertible classes: the contravariant side gets M instead of M^-T",
-        "lmc/align/invertible.py",
+        "lmc/align/continuous/invertible.py",
         "use = m_inv_t if ref.path in c.contra else m",
         "use = m",
         (
@@ -156,7 +156,7 @@ MUTATIONS = [
     ),
     Mutation(
         "weight matching: stops after one sweep",
-        "lmc/align/weight_matching.py",
+        "lmc/align/discrete/weight_matching.py",
         "        if not progress:\n            break\n    return perms, objectives, sweeps",
         "        break\n    return perms, objectives, sweeps",
         ("tests/align/test_align_weight_matching.py",),
@@ -170,14 +170,14 @@ MUTATIONS = [
     ),
     Mutation(
         "weight matching: a head family's nested costs read with B's heads unpermuted",
-        "lmc/align/nested.py",
+        "lmc/align/discrete/nested.py",
         "total[i, g] += c[i, g][rows, cols].sum(dtype=np.float64)",
         "total[i, g] += c[i, i][rows, cols].sum(dtype=np.float64)",
         ("tests/align/test_align_transformer.py",),
     ),
     Mutation(
         "orthogonal: a norm bias kept on the stream is not rescaled by A's gain on unfold",
-        "lmc/align/orthogonal.py",
+        "lmc/align/continuous/orthogonal.py",
         "yield n.kept_bias, (kept * s).astype(np.float32)",
         "yield n.kept_bias, kept.astype(np.float32)",
         (
@@ -187,7 +187,7 @@ MUTATIONS = [
     ),
     Mutation(
         "weight matching: a fixed permutation is solved anyway",
-        "lmc/align/weight_matching.py",
+        "lmc/align/discrete/weight_matching.py",
         "free = [n for n in self.names if n not in fixed]",
         "free = list(self.names)",
         (
@@ -197,7 +197,7 @@ MUTATIONS = [
     ),
     Mutation(
         "orthogonal: the symmetry check's subspace rotation moves nothing",
-        "lmc/align/orthogonal.py",
+        "lmc/align/continuous/orthogonal.py",
         "yield path, x + map_axis(map_axis(x, u, axis), w, axis)",
         "yield path, x",
         (
@@ -207,14 +207,14 @@ MUTATIONS = [
     ),
     Mutation(
         "spec rule: transpose ignores its permutation",
-        "lmc/align/rules.py",
+        "lmc/align/tracing/rules.py",
         'return [tuple(ins[0][p] for p in eqn.params["permutation"])]',
         "return [tuple(ins[0])]",
         ("tests/align/test_align_trace.py",),
     ),
     Mutation(
         "spec rule: a flatten's factors in the wrong order",
-        "lmc/align/rules.py",
+        "lmc/align/tracing/rules.py",
         "g.composite(gj[0], tuple(gi))",
         "g.composite(gj[0], tuple(reversed(gi)))",
         ("tests/align/test_align_trace.py",),

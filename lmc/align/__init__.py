@@ -25,7 +25,7 @@ and helper takes them.
 largest output change, and which parameter axes stay unpermuted and why.
 
 Methods: `weight_matching`, `activation_matching`, `ste`, `merge_many`, and
-`learned_matching` (orthogonal maps learned on the path loss; `lmc.align.learned`).
+`learned_matching` (orthogonal maps learned on the path loss; `lmc.align.continuous.learned`).
 Recipes for attention models, from a model and two combined trees to B aligned
 (`lmc.align.recipes`): `weight_matching_heads`, `weight_matching_orthogonal`, and
 `learned_matching` called with a model first. Helpers:
@@ -33,11 +33,11 @@ Recipes for attention models, from a model and two combined trees to B aligned
 the hand-written specs that check the tracer live with the tests (`tests/oracles`).
 """
 
-from lmc.align import trace
-from lmc.align.activation_matching import activation_matching
-from lmc.align.check import CheckReport, check
-from lmc.align.learned import orthogonal_classes
-from lmc.align.merge_many import merge_many
+from lmc.align.continuous.learned import orthogonal_classes
+from lmc.align.discrete.activation_matching import activation_matching
+from lmc.align.discrete.merge_many import merge_many
+from lmc.align.discrete.ste import ste
+from lmc.align.discrete.weight_matching import weight_matching
 from lmc.align.recipes import (
     learned_matching,
     lowrank_control,
@@ -54,9 +54,9 @@ from lmc.align.spec import (
     nested_units,
     random_permutations,
 )
-from lmc.align.ste import ste
-from lmc.align.trace import spec_from_function, spec_from_model
-from lmc.align.weight_matching import weight_matching
+from lmc.align.tracing import trace
+from lmc.align.tracing.check import CheckReport, check
+from lmc.align.tracing.trace import spec_from_function, spec_from_model
 
 __all__ = [
     "AxisRef",

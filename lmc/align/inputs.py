@@ -15,7 +15,7 @@ def _fmt(path: Path) -> str:
 
 
 def flat(tree) -> list[tuple[Path, object]]:
-    from lmc.align.trace import tree_paths
+    from lmc.align.tracing.trace import tree_paths
 
     return tree_paths(tree)
 

@@ -22,28 +22,28 @@ B's combined tree aligned to A (the same function as B) and an info dict.
   `configs/lm_rebasin.py`, compared in benchmarks/README.md).
 - `weight_matching_orthogonal`: rounds of weight matching over the same nested class
   alternated with the orthogonal residual-stream map (Procrustes), on the models
-  with their norms' gains folded into the readers (`lmc.align.orthogonal`).
+  with their norms' gains folded into the readers (`lmc.align.continuous.orthogonal`).
   Needs a pre-norm model whose residual stream is rotation-symmetric; checked
   numerically, a UserError otherwise.
 - `learned_matching`: `weight_matching_orthogonal`, then orthogonal maps of every
   class the traced program admits them for, learned on the loss of interpolated
-  networks (`lmc.align.learned`). `batches` yield (inputs, labels); the loss is the
+  networks (`lmc.align.continuous.learned`). `batches` yield (inputs, labels); the loss is the
   model's cross-entropy unless `loss_fn(params, batch)` is given. Called with a spec
   first, `learned_matching` is the spec-level method itself. `maps="invertible"`:
-  general invertible per-head maps (`lmc.align.invertible`); `dual=True`: maps on
+  general invertible per-head maps (`lmc.align.continuous.invertible`); `dual=True`: maps on
   both endpoints.
 - `lowrank_control`: learned matching's capacity control, a low-rank correction of B
-  with its number of free parameters (`lmc.align.lowrank`).
+  with its number of free parameters (`lmc.align.continuous.lowrank`).
 """
 
 from __future__ import annotations
 
 import jax
 
-from lmc.align import invertible, learned, lowrank, orthogonal, rotary
+from lmc.align.continuous import invertible, learned, lowrank, orthogonal, rotary
+from lmc.align.discrete.weight_matching import weight_matching
 from lmc.align.spec import PermutationSpec, apply_permutation, get_leaf, nested_units
-from lmc.align.trace import specs_from_model
-from lmc.align.weight_matching import weight_matching
+from lmc.align.tracing.trace import specs_from_model
 from lmc.errors import UserError
 
 # Plain weight matching's visiting orders tried before the nested refinement.
@@ -144,7 +144,7 @@ def weight_matching_orthogonal(
 def learned_matching(model, *args, **kwargs):
     """The transformer recipe (`model, tree_a, tree_b, example_input, batches`), or
     the spec-level method when the first argument is a PermutationSpec (see
-    `lmc.align.learned.learned_matching`)."""
+    `lmc.align.continuous.learned.learned_matching`)."""
     if isinstance(model, PermutationSpec):
         return learned.learned_matching(model, *args, **kwargs)
     return _learned_recipe(model, *args, **kwargs)
@@ -243,7 +243,7 @@ def lowrank_control(
     holdout=(),
     eval_every: int = 50,
 ):
-    """Learned matching's capacity control (`lmc.align.lowrank`): from the same start
+    """Learned matching's capacity control (`lmc.align.continuous.lowrank`): from the same start
     (`weight_matching_orthogonal`), a low-rank correction of B with about as many free
     parameters as learned matching with `maps` would learn, trained on the same path
     loss; returns (tree of B', info with `rank`, `free_parameters`, `budget`)."""

@@ -27,7 +27,7 @@ query/key dimensions by position-dependent angles, which removes the freedom to
 permute query/key dimensions within a head (values/outputs and whole heads stay free).
 
 `norm="rmsnorm"` evaluates the RMSNorm form (a gain, no bias, no centering) that
-`lmc.align.orthogonal.to_rmsnorm` rewrites a LayerNorm model's params into (gains and
+`lmc.align.continuous.orthogonal.to_rmsnorm` rewrites a LayerNorm model's params into (gains and
 biases folded into the readers, residual writes centered): the same function, the
 form in which the residual stream has an orthogonal symmetry (Theus et al. 2025).
 
@@ -179,7 +179,7 @@ def build_transformer(
     if norm not in NORMS:
         raise UserError(
             f"config.model.norm={norm!r}: the transformer takes 'layernorm' (pre-LN) or "
-            "'rmsnorm' (the form lmc.align.orthogonal.to_rmsnorm rewrites LN params into)"
+            "'rmsnorm' (the form lmc.align.continuous.orthogonal.to_rmsnorm rewrites LN params into)"
         )
     return Transformer(
         vocab,

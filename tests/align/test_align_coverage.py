@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmc import align
-from lmc.align.rules import RULES
+from lmc.align.tracing.rules import RULES
 
 
 def primitives(jaxpr, out: set) -> set:

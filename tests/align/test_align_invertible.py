@@ -9,7 +9,7 @@ import pytest
 from test_align_transformer import lm
 
 from lmc import align
-from lmc.align import invertible, learned, lowrank, orthogonal
+from lmc.align.continuous import invertible, learned, lowrank, orthogonal
 
 
 def classes_of(positions):
@@ -174,7 +174,7 @@ def test_rotary_query_key_class_is_a_scale_and_rotation_per_pair():
     the model's pairing (i, i + d_h/2); a per-pair s R(theta) written out by hand
     (q -> q M, k -> k M^-T per head) leaves the logits unchanged, a general invertible
     M does not; and learned matching over these classes undoes planted ones."""
-    from lmc.align import rotary
+    from lmc.align.continuous import rotary
 
     fn, params, tokens = lm("rotary")
     spec = align.spec_from_function(fn, params, tokens, nested=True)

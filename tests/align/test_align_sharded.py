@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from lmc import align
 
 # The module (lmc.align exports a function of the same name).
-wm_module = importlib.import_module("lmc.align.weight_matching")
+wm_module = importlib.import_module("lmc.align.discrete.weight_matching")
 
 
 def mlp(params, x):

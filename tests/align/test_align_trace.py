@@ -188,7 +188,7 @@ def test_unknown_primitive_pins_and_is_reported():
     with pytest.warns(UserWarning):
         assert align.spec_from_function(sorted_fn, params, X).axes == {}
 
-    from lmc.align import rules
+    from lmc.align.tracing import rules
 
     saved = rules.RULES.pop("tanh")
     try:

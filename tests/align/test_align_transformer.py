@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lmc import align
-from lmc.align import orthogonal
+from lmc.align.continuous import orthogonal
 from lmc.align.spec import get_leaf, nested_units
 from lmc.errors import UserError
 from lmc.models.transformer import build_transformer
@@ -192,7 +192,7 @@ def test_orthogonal_classes_are_the_within_head_maps_and_keep_the_logits(positio
     """Learned matching's continuous classes, found by the numeric test: per-head
     orthogonal maps of query/key (learned positions only) and of value/output; never
     the MLP units or the heads. A random element leaves the logits unchanged."""
-    from lmc.align import learned
+    from lmc.align.continuous import learned
 
     fn, params, tokens = lm(positions)
     plain = align.spec_from_function(fn, params, tokens)
@@ -217,7 +217,7 @@ def test_learned_matching_recovers_planted_orthogonal_maps_and_keeps_bs_function
     """B = A under a planted residual rotation and per-head orthogonal maps, in another
     norm gauge. Learned matching on a path loss that is zero exactly when T(B) = A
     brings the midpoint back to A's function; T(B) still computes B's function."""
-    from lmc.align import learned
+    from lmc.align.continuous import learned
 
     fn, params, tokens = lm("learned")
     plain = align.spec_from_function(fn, params, tokens)

@@ -12,7 +12,7 @@ from test_align_trace import model_spec_shapes, random_variables
 from lmc import align
 from lmc.errors import UserError
 
-wm = importlib.import_module("lmc.align.weight_matching")
+wm = importlib.import_module("lmc.align.discrete.weight_matching")
 
 
 def _planted(name, seed, noise=0.01, **kw):

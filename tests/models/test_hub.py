@@ -156,8 +156,8 @@ def test_orthogonal_recipe_undoes_a_planted_rotation_of_gpt_neox_and_refuses_tie
     on the stream and rotates with it. A planted element (heads, MLP units, a residual
     rotation, another gauge of the norms) is undone to the original tensors. GPT-2's
     unembedding is its embedding, read through a transpose: a UserError says why."""
-    from lmc.align import orthogonal
-    from lmc.align.trace import specs_from_model
+    from lmc.align.continuous import orthogonal
+    from lmc.align.tracing.trace import specs_from_model
 
     ckpt = hub.load(FIXTURES / "gpt_neox")
     g = golden("gpt_neox")

@@ -1,6 +1,6 @@
 """Hand-written permutation specs, used only to check the traced ones.
 
-Production code always derives specs from the traced program (`lmc.align.trace`);
+Production code always derives specs from the traced program (`lmc.align.tracing.trace`);
 these follow the models' code by hand, the way Git Re-Basin's specs do, so a tracer
 bug shows up as a difference.
 """

@@ -18,22 +18,22 @@ function and one entry each):
   `WM_RESTARTS` visiting orders. Needs a model with nested units (attention).
 - `weight_matching_orthogonal`: `weight_matching_heads`, then rounds of the
   orthogonal residual-stream map (Procrustes, after folding the norms' gains into
-  their readers; `lmc.align.orthogonal`) alternated with weight matching. Needs a
+  their readers; `lmc.align.continuous.orthogonal`) alternated with weight matching. Needs a
   pre-norm model whose residual stream is rotation-symmetric (checked numerically).
 - `learned_matching`: `weight_matching_orthogonal`, then orthogonal maps learned on
-  the path loss (Theus et al. 2025's learned matching; `lmc.align.learned`): the
+  the path loss (Theus et al. 2025's learned matching; `lmc.align.continuous.learned`): the
   residual-stream rotation and one orthogonal map per head for query/key and for
   value/output (every class the traced program shows to be orthogonally symmetric),
   trained by Adam on the training loss at interpolation weights drawn uniformly from
   `LEARNED_ALPHAS`, `config.align.learned_steps` steps; the permutations stay fixed.
 - `learned_matching_invertible`: the same with general invertible per-head maps
-  (q -> q M, k -> k M^-T; v -> v N, W_o -> N^-1 W_o; `lmc.align.invertible`).
+  (q -> q M, k -> k M^-T; v -> v N, W_o -> N^-1 W_o; `lmc.align.continuous.invertible`).
 - `learned_matching_dual`: invertible maps learned on both endpoints toward a shared
   path (Li & Shen 2026); B is returned as T_A^-1 T_B(B), whose line from A is that
   path up to a symmetry.
 - `lowrank_control`: the capacity control of the learned methods: as many free
   parameters as `learned_matching_invertible`, same start, batches, steps and path
-  loss, spent on a low-rank correction of B that is no symmetry (`lmc.align.lowrank`).
+  loss, spent on a low-rank correction of B that is no symmetry (`lmc.align.continuous.lowrank`).
 
 The learned methods hold out `config.align.learned_holdout` batches of their stream
 for early stopping and report their data budget (`data`: windows read and their

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lmc.align.calls import CALL_PRIMITIVES, called_closed
-from lmc.align.graph import AxisGraph, Nodes
+from lmc.align.tracing.calls import CALL_PRIMITIVES, called_closed
+from lmc.align.tracing.graph import AxisGraph, Nodes
 
 Rule = Callable[[AxisGraph, object, list[Nodes], list[bool]], list[Nodes]]
 RULES: dict[str, Rule] = {}

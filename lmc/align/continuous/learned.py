@@ -7,7 +7,7 @@ midpoint, have low training loss. Permutations are discrete; the classes that ma
 this work on transformers are continuous:
 
 - the residual stream: one orthogonal R fixing the all-ones direction, on the model
-  with its norms' gains folded into their readers (`lmc.align.orthogonal`);
+  with its norms' gains folded into their readers (`lmc.align.continuous.orthogonal`);
 - every permutation of the spec whose axes admit *any* orthogonal map, e.g. the
   query/key and value/output dimensions within a head (q k^T and v W_o are unchanged
   by q -> q O, k -> k O and v -> v O, W_o -> O^T W_o). Which classes qualify is not
@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmc.align import invertible, orthogonal, rotary
 from lmc.align.axes import map_axis
+from lmc.align.continuous import invertible, orthogonal, rotary
 from lmc.align.spec import PermutationSpec, get_leaf, set_leaves
 from lmc.errors import UserError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from lmc.align.graph import Analysis
+from lmc.align.tracing.graph import Analysis
 
 
 def _fmt(path) -> str:

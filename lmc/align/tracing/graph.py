@@ -1,9 +1,9 @@
 """The axis graph: a union-find over the axes of a traced program's values.
 
-Every axis of every value gets a node; primitive rules (`lmc.align.rules`) tie axes
+Every axis of every value gets a node; primitive rules (`lmc.align.tracing.rules`) tie axes
 that must be permuted together and *pin* axes whose order matters. `AxisGraph.run`
 walks a jaxpr applying the rules; `AxisGraph.analyze` turns the settled classes into
-a `PermutationSpec` (see `lmc.align.trace` for the entry points).
+a `PermutationSpec` (see `lmc.align.tracing.trace` for the entry points).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class AxisGraph:
     """Union-find over array axes, with pins and composite (merged) axes."""
 
     def __init__(self, rules: Mapping[str, Callable], fallback: Callable):
-        # The primitive rules are passed in (see `lmc.align.rules`): they call back into
+        # The primitive rules are passed in (see `lmc.align.tracing.rules`): they call back into
         # the graph, so importing them here would make the two modules import each other.
         self.rules, self.fallback = rules, fallback
         self.parent: list[int] = []

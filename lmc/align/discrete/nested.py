@@ -13,7 +13,7 @@ exactly given the other permutations:
     pi = the assignment maximizing sum_i T[i, pi(i)]; w_j[i] = sigma_j[i, pi(i)].
 
 The family is one block of weight matching's coordinate descent
-(`lmc.align.weight_matching`): a leaf carrying the unit and a nested permutation is
+(`lmc.align.discrete.weight_matching`): a leaf carrying the unit and a nested permutation is
 read as a (rows, heads * n) matrix, head major, so the costs of all head pairs are one
 product A^T B[rows], cached and updated like any plain permutation's. Heads x heads
 small assignments (4 heads of 32 dims: 16 assignments of 32 x 32 per w_j) cost little

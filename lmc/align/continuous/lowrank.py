@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc.align import learned
+from lmc.align.continuous import learned
 from lmc.align.spec import Path, get_leaf, set_leaves
-from lmc.align.trace import tree_paths
+from lmc.align.tracing.trace import tree_paths
 from lmc.errors import UserError
 
 

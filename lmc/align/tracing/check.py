@@ -4,7 +4,7 @@
 permutation for every name, one per layer for stacked ones) and reports the largest
 change of the outputs: rounding-level for a correct spec, of the order of the
 outputs for a wrong one. It also traces `fn` and lists every parameter axis that no
-permutation acts on, and why (see `lmc.align.coverage`), so a weak spec can be told
+permutation acts on, and why (see `lmc.align.tracing.coverage`), so a weak spec can be told
 from a model without those symmetries.
 """
 
@@ -15,9 +15,9 @@ import dataclasses
 import jax
 import numpy as np
 
-from lmc.align import coverage
 from lmc.align.spec import PermutationSpec, apply_permutation, random_permutations
-from lmc.align.trace import analyze_function, is_static
+from lmc.align.tracing import coverage
+from lmc.align.tracing.trace import analyze_function, is_static
 from lmc.models.calling import plain_fn
 
 

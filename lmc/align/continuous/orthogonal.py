@@ -37,10 +37,10 @@ import numpy as np
 from jax.extend import core as jcore
 
 from lmc.align.axes import map_axis, unit_rows
-from lmc.align.calls import called
 from lmc.align.spec import Path, PermutationSpec, get_leaf, permute_leaf, set_leaves
 from lmc.align.threads import blas_threads, single_threaded
-from lmc.align.trace import tree_paths
+from lmc.align.tracing.calls import called
+from lmc.align.tracing.trace import tree_paths
 from lmc.errors import UserError
 
 VIEWS = ("reshape", "broadcast_in_dim", "convert_element_type", "squeeze", "expand_dims")
@@ -485,7 +485,7 @@ def weight_matching_orthogonal(
     rotation starts from the permutation weight matching found (a permutation matrix
     fixes the ones vector). Returns (B aligned in A's gauge, info: `objective`, J
     after each round; `sweeps` and `restart_objectives` of the first round)."""
-    from lmc.align.weight_matching import weight_matching
+    from lmc.align.discrete.weight_matching import weight_matching
 
     key = jax.random.key(0) if key is None else key
     fa = _owned(fold(roles, params_a))  # containers like current's (tuples as lists)

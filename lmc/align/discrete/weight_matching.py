@@ -9,10 +9,10 @@ block is solved exactly. A block is a plain permutation p (one linear assignment
 
 where A_e is W_a as a (rows, n) matrix with p's units last and B_e[rows_e] the same
 for W_b with every *other* permutation acting on that leaf applied), or a family of
-nested units (heads and the permutations within them, `lmc.align.nested`), whose
+nested units (heads and the permutations within them, `lmc.align.discrete.nested`), whose
 leaves are read as (rows, heads * n) matrices so all head pairs come from one product.
 Stacked (per-layer) permutations are matched as the unscanned twin's plain ones
-(`lmc.align.stacked`). Sweeps visit the blocks in a fresh random order (drawn from
+(`lmc.align.discrete.stacked`). Sweeps visit the blocks in a fresh random order (drawn from
 `key`) and stop after a sweep without improvement.
 
 How it is made fast and small (alignment runs for every pair of a sweep, on models
@@ -57,11 +57,17 @@ try:  # LAPJV (Jonker & Volgenant 1987): faster than scipy on these dense costs
 except ImportError:  # optional speed-up; scipy gives the same optimum
     _lap = None
 
-from lmc.align import nested
 from lmc.align.axes import row_map, unit_rows
+from lmc.align.discrete import nested
+from lmc.align.discrete.stacked import (
+    layer_name,
+    restack,
+    unstack_perms,
+    unstack_spec,
+    unstack_tree,
+)
 from lmc.align.inputs import check_finite, check_same_structure, flat
 from lmc.align.spec import PermutationSpec, check_sizes, get_leaf, permute_leaf, resolve
-from lmc.align.stacked import layer_name, restack, unstack_perms, unstack_spec, unstack_tree
 from lmc.align.threads import blas_threads
 from lmc.errors import UserError
 
@@ -482,7 +488,7 @@ def weight_matching(
 
     A spec with nested units (`spec_from_function(..., nested=True)`: heads permuted
     as units, per-head within-head permutations) is solved by block coordinate
-    descent, each head family exactly (`lmc.align.nested`).
+    descent, each head family exactly (`lmc.align.discrete.nested`).
     """
     t0 = time.perf_counter()
     key = jax.random.key(0) if key is None else key

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmc.align.discrete.weight_matching import weight_matching
 from lmc.align.inputs import check_same_structure
 from lmc.align.spec import PermutationSpec, apply_permutation, identity
-from lmc.align.weight_matching import weight_matching
 from lmc.errors import UserError
 
 

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lmc.align.discrete.weight_matching import weight_matching
 from lmc.align.spec import PermutationSpec, apply_permutation
-from lmc.align.weight_matching import weight_matching
 from lmc.errors import UserError
 
 

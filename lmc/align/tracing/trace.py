@@ -1,7 +1,7 @@
 """Derive a `PermutationSpec` from the traced program (no hand-written specs).
 
 The function is traced to a jaxpr. Every axis of every value gets a node in a
-union-find; primitive rules (`lmc.align.rules`) tie axes that must be permuted
+union-find; primitive rules (`lmc.align.tracing.rules`) tie axes that must be permuted
 together (a contraction ties a weight's input axis to the feature axis of the
 activation it consumes, elementwise ops tie aligned axes...) and *pin* axes whose
 order matters (the model's inputs and outputs, spatial axes of convolutions, the
@@ -28,10 +28,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from lmc.align.coverage import summary
-from lmc.align.graph import Analysis, AxisGraph, Nodes  # noqa: F401  (re-exported)
-from lmc.align.rules import RULES, unknown
 from lmc.align.spec import Path, PermutationSpec
+from lmc.align.tracing.coverage import summary
+from lmc.align.tracing.graph import Analysis, AxisGraph, Nodes  # noqa: F401  (re-exported)
+from lmc.align.tracing.rules import RULES, unknown
 from lmc.errors import UserError
 from lmc.models.calling import check_plain_fn
 
@@ -120,7 +120,7 @@ def _warn_if_empty(spec: PermutationSpec) -> None:
         warnings.warn(
             "some axes were pinned conservatively: "
             + "; ".join(unknown)
-            + " (add a rule to lmc.align.rules.RULES to permute through them)",
+            + " (add a rule to lmc.align.tracing.rules.RULES to permute through them)",
             stacklevel=3,
         )
     if not spec.axes:

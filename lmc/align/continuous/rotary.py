@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc.align.invertible import MAX_GROUPS, _groups, apply_pairs
+from lmc.align.continuous.invertible import MAX_GROUPS, _groups, apply_pairs
 from lmc.align.spec import AxisRef, PermutationSpec, get_leaf, nested_units
 
 PAIRINGS = ("half", "adjacent")

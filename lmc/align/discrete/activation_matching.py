@@ -2,14 +2,14 @@
 
 For each permutation, correlate A's and B's hidden features over training batches
 and solve one linear assignment on the summed correlation matrices. The features are
-found in the traced program (`lmc.align.trace`): the activations that feed a
+found in the traced program (`lmc.align.tracing.trace`): the activations that feed a
 contraction along the permutation's axis (post-nonlinearity, as in the paper), so no
 model-specific hooks are needed. Statistics are streamed with one jitted step that
 evaluates both models; the per-feature means and standard deviations it gathers are
 returned for REPAIR-style corrections (Jordan et al. 2022).
 
 Nested specs (`spec_from_model(..., nested=True)`: heads as units, one within-head
-permutation per head) are matched as families, like `lmc.align.nested` does on
+permutation per head) are matched as families, like `lmc.align.discrete.nested` does on
 weights: a nested permutation's features keep the head axis, so its statistics are
 the (heads * n) x (heads * n) cross-correlations of all within-head units. For each
 pair (head i of A, head g of B) the best within-head assignment gives a head-pair
@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from lmc.align.calls import called
+from lmc.align.discrete.weight_matching import solve_assignment
 from lmc.align.inputs import check_finite, check_same_structure
 from lmc.align.spec import PermutationSpec, check_sizes, identity, nested_units, resolve
-from lmc.align.trace import analyze_function, analyze_model, model_shapes, tree_paths
-from lmc.align.weight_matching import solve_assignment
+from lmc.align.tracing.calls import called
+from lmc.align.tracing.trace import analyze_function, analyze_model, model_shapes, tree_paths
 from lmc.errors import UserError
 
 
