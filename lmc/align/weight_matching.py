@@ -26,7 +26,8 @@ up to GPT-2 size):
   block none of whose row maps changed is skipped: same costs, same assignment.
 - When at most half of a group's rows changed, its cached product gets a low-rank
   correction A[changed]^T (B[new] - B[old]) instead of a full product. Large lone
-  products are not cached (`CACHE_MAX_ENTRIES`): memory stays near the models' own.
+  products are cached only while their rows change little (`CostCache._keep`):
+  memory stays near the models' own.
 - Assignments use LAPJV (the `lap` package) on reduced costs; scipy without it.
   Solutions of large costs are remembered by the cost's bytes (`Memo`): restarts
   meet identical costs, and an identical cost has the identical answer.
@@ -123,13 +124,15 @@ class Memo:
     their neighbours moved), and an exact solve of a large dense cost is the slowest
     step there (random-init costs are the hardest for LAPJV). Hashing the bytes costs
     a memory pass; an identical cost gets the identical answer, so results do not
-    change."""
+    change. Within one descent a block is solved only after its costs changed, so
+    repeats are rare and a single run skips the hashing (`active=False`)."""
 
-    def __init__(self):
+    def __init__(self, active: bool = True):
         self.answers: dict[bytes, np.ndarray] = {}
+        self.active = active
 
     def __call__(self, cost) -> np.ndarray:
-        if len(cost) < MEMO_MIN_SIZE:
+        if not self.active or len(cost) < MEMO_MIN_SIZE:
             return solve_assignment(cost)
         cost = np.ascontiguousarray(cost)
         key = hashlib.blake2b(cost.view(np.uint8), digest_size=16).digest()
@@ -219,7 +222,9 @@ class Problem:
     Holds A's and B's leaves as host float32 arrays (no copy when they already are)
     and reads every cost product from them: no stacked copies on the NumPy path."""
 
-    def __init__(self, spec: PermutationSpec, sizes: Mapping[str, int], tree_a, tree_b):
+    def __init__(
+        self, spec: PermutationSpec, sizes: Mapping[str, int], tree_a, tree_b, restarts: int = 1
+    ):
         fams = nested.validate(spec) if spec.stacks else {}
         inside = {w for ws in fams.values() for w in ws}
         self.names = list(spec.axes)
@@ -234,7 +239,7 @@ class Problem:
         self.blocks = [Block(n, ()) for n in self.names if n not in fams and n not in inside]
         self.blocks += [Block(h, tuple(ws)) for h, ws in fams.items()]
         self.nested = bool(fams)
-        self.solve = Memo()  # shared by the restarts
+        self.solve = Memo(active=restarts > 1)  # shared by the restarts
         self.linear = True  # J moves by exactly new - old per step (see `_entries`)
         for block in self.blocks:
             by_key: dict[tuple, list[Entry]] = {}
@@ -329,11 +334,13 @@ class Problem:
 # A group's partial product is kept between visits (for low-rank updates, and so a
 # change in one group does not recompute the others) when it is this small, or when
 # its block has two or more *expensive* groups (rows >= units / EXPENSIVE_ROWS) and it
-# is one. Otherwise it is recomputed: a large cost of a block with one expensive
-# product (a transformer MLP's units: fc1 and fc2 in one group, the bias in another)
-# would hold units^2 floats per group, per layer (GPT-2: two 36 MB costs per layer,
-# together more than twice the model), and a bias's product costs no more to redo
-# than to add.
+# is one. A large cost of a block with one expensive product (a transformer MLP's
+# units: fc1 and fc2 in one group, the bias in another; the last hidden layer of an
+# MLP) would hold units^2 floats per layer (GPT-2: 36 MB per layer, together more than
+# the model), so it is kept only while its rows last changed little (a low-rank
+# update was possible): late in a long descent, where each visit moves few rows and
+# a full product per visit is most of the time. Short descents at random init (every
+# row moves) never hold it. A bias's product costs no more to redo than to add.
 CACHE_MAX_ENTRIES = 2**20
 EXPENSIVE_ROWS = 8
 
@@ -346,6 +353,8 @@ class CostCache:
         self.rows = [[None] * len(b.groups) for b in problem.blocks]
         self.parts = [[None] * len(b.groups) for b in problem.blocks]
         self.updates = [[0] * len(b.groups) for b in problem.blocks]  # low-rank in a row
+        # Whether the group's rows changed little at its last refresh (see `_keep`).
+        self.settled = [[False] * len(b.groups) for b in problem.blocks]
 
     def get(self, k: int, perms) -> dict | None:
         """The costs of block k (role -> matrix), or None if they are the ones its
@@ -366,7 +375,7 @@ class CostCache:
         out: dict = {}
         for g, group in enumerate(block.groups):
             part = self.parts[k][g]
-            keep = self._keep(block, group)
+            keep = self._keep(k, g)
             if part is None:  # not kept: recompute
                 part = pr.full_cost(group, self.rows[k][g])
             if group.role in out:
@@ -377,20 +386,27 @@ class CostCache:
                 self.parts[k][g] = None
         return out
 
-    def _keep(self, block: Block, group: Group) -> bool:
+    def _keep(self, k: int, g: int) -> bool:
+        block = self.problem.blocks[k]
+        group = block.groups[g]
         if group.units**2 <= CACHE_MAX_ENTRIES:
             return True
-        expensive = [g for g in block.groups if g.offsets[-1] * EXPENSIVE_ROWS >= g.units]
-        return len(expensive) > 1 and group in expensive
+        expensive = [x for x in block.groups if x.offsets[-1] * EXPENSIVE_ROWS >= x.units]
+        if group not in expensive:
+            return False
+        return len(expensive) > 1 or self.settled[k][g]
 
     def _part(self, k: int, g: int, old, rows) -> np.ndarray:
         pr, group = self.problem, self.problem.blocks[k].groups[g]
         part = self.parts[k][g]
-        if old is not None and part is not None and self.updates[k][g] < MAX_LOW_RANK_UPDATES:
+        small = False
+        if old is not None:
             changed = sum(int(np.count_nonzero(o != r)) for o, r in zip(old, rows, strict=True))
-            if changed <= LOW_RANK_FRACTION * group.offsets[-1]:
-                self.updates[k][g] += 1
-                return pr.low_rank(group, part, old, rows)
+            small = changed <= LOW_RANK_FRACTION * group.offsets[-1]
+        self.settled[k][g] = small
+        if small and part is not None and self.updates[k][g] < MAX_LOW_RANK_UPDATES:
+            self.updates[k][g] += 1
+            return pr.low_rank(group, part, old, rows)
         self.updates[k][g] = 0
         return pr.full_cost(group, rows)
 
@@ -496,7 +512,7 @@ def weight_matching(
         wspec = unstack_spec(stacked, tree_a)
         tree_a, tree_b = unstack_tree(stacked, tree_a), unstack_tree(stacked, tree_b)
         sizes, init = check_sizes(wspec, tree_a), unstack_perms(stacked, init)
-    problem = Problem(wspec, sizes, tree_a, tree_b)
+    problem = Problem(wspec, sizes, tree_a, tree_b, restarts=len(keys))
     runs = []
     for k in keys:
         perms = {n: initial(init, n, problem.shapes[n]) for n in problem.names}
