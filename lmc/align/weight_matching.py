@@ -25,9 +25,10 @@ up to GPT-2 size):
   the groups whose row maps changed since the block's last solve are recomputed. A
   block none of whose row maps changed is skipped: same costs, same assignment.
 - When at most half of a group's rows changed, its cached product gets a low-rank
-  correction A[changed]^T (B[new] - B[old]) instead of a full product. Large lone
-  products are cached only while their rows change little (`CostCache._keep`):
-  memory stays near the models' own.
+  correction A[changed]^T (B[new] - B[old]) instead of a full product. Large costs
+  are kept as one sum per block (not one product per group), and a block with one
+  expensive product keeps it only while its rows change little (`CACHE_MAX_ENTRIES`,
+  `EXPENSIVE_ROWS`): memory stays near the models' own.
 - Assignments use LAPJV (the `lap` package) on reduced costs; scipy without it.
   Solutions of large costs are remembered by the cost's bytes (`Memo`): restarts
   meet identical costs, and an identical cost has the identical answer.
@@ -298,7 +299,10 @@ class Problem:
 
     def low_rank(self, group: Group, part, old: list, new: list) -> np.ndarray:
         """part + A[changed]^T (B[new] - B[old]) over the changed rows of each entry."""
-        part = part.copy()
+        return self.add_low_rank(group, part.copy(), old, new)
+
+    def add_low_rank(self, group: Group, part, old: list, new: list) -> np.ndarray:
+        """`low_rank` into `part` itself."""
         for e, o, r in zip(group.entries, old, new, strict=True):
             changed = np.flatnonzero(o != r)
             if changed.size:
@@ -331,36 +335,49 @@ class Problem:
         return total
 
 
-# A group's partial product is kept between visits (for low-rank updates, and so a
-# change in one group does not recompute the others) when it is this small, or when
-# its block has two or more *expensive* groups (rows >= units / EXPENSIVE_ROWS) and it
-# is one. A large cost of a block with one expensive product (a transformer MLP's
-# units: fc1 and fc2 in one group, the bias in another; the last hidden layer of an
-# MLP) would hold units^2 floats per layer (GPT-2: 36 MB per layer, together more than
-# the model), so it is kept only while its rows last changed little (a low-rank
-# update was possible): late in a long descent, where each visit moves few rows and
-# a full product per visit is most of the time. Short descents at random init (every
-# row moves) never hold it. A bias's product costs no more to redo than to add.
+# Costs of at most this many entries keep one partial product per group between
+# visits (for low-rank updates, and so a change in one group does not recompute the
+# others). Larger costs (a 4096-unit layer: 64 MB each) keep one sum per block and
+# role instead (`CostCache._total`): the groups' low-rank corrections go straight into
+# it, so a block holds one matrix, not one per group, and a bias's or a classifier's
+# group is not redone on every visit.
 CACHE_MAX_ENTRIES = 2**20
+# A large sum is kept between visits when its block has two or more *expensive*
+# groups (rows >= units / EXPENSIVE_ROWS), or while its rows last changed little (a
+# low-rank update was possible). A block with one expensive product (a transformer
+# MLP's units: fc1 and fc2 in one group; the last hidden layer of an MLP) would
+# otherwise hold units^2 floats per layer (GPT-2: 36 MB per layer, together more than
+# the model) through descents at random init, where every row moves each visit and
+# the sum is recomputed anyway.
 EXPENSIVE_ROWS = 8
 
 
+def _pooled(group: Group) -> bool:
+    return group.units**2 > CACHE_MAX_ENTRIES
+
+
 class CostCache:
-    """Per block and group: the row maps of the last solve and the partial products."""
+    """Per block and group: the row maps of the last solve, and the partial products
+    (per group for small costs, summed per role for large ones)."""
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        self.rows = [[None] * len(b.groups) for b in problem.blocks]
-        self.parts = [[None] * len(b.groups) for b in problem.blocks]
-        self.updates = [[0] * len(b.groups) for b in problem.blocks]  # low-rank in a row
-        # Whether the group's rows changed little at its last refresh (see `_keep`).
-        self.settled = [[False] * len(b.groups) for b in problem.blocks]
+        blocks = problem.blocks
+        self.rows = [[None] * len(b.groups) for b in blocks]
+        self.parts = [[None] * len(b.groups) for b in blocks]
+        self.updates = [[0] * len(b.groups) for b in blocks]  # low-rank in a row
+        # Large roles: role -> summed cost (absent: not kept), low-rank updates in a
+        # row, and whether the role's rows last changed little.
+        self.totals: list[dict] = [{} for _ in blocks]
+        self.total_updates: list[dict] = [{} for _ in blocks]
+        self.settled: list[dict] = [{} for _ in blocks]
 
     def get(self, k: int, perms) -> dict | None:
         """The costs of block k (role -> matrix), or None if they are the ones its
-        current permutations were solved for."""
+        current permutations were solved for. A large role's cost is the cache's own
+        sum: read it, do not write to it."""
         pr, block = self.problem, self.problem.blocks[k]
-        fresh = [False] * len(block.groups)
+        moved = {}  # group -> its row maps at the last solve (None: never computed)
         for g, group in enumerate(block.groups):
             old = self.rows[k][g]
             if old is not None and not group.depends:
@@ -368,47 +385,76 @@ class CostCache:
             rows = pr.rows(group, perms)
             if old is not None and all(map(np.array_equal, old, rows)):
                 continue
-            fresh[g] = True
-            self.rows[k][g], self.parts[k][g] = rows, self._part(k, g, old, rows)
-        if not any(fresh):
+            moved[g] = old
+            self.rows[k][g] = rows
+            if not _pooled(group):
+                self.parts[k][g] = self._part(k, g, old, rows)
+        if not moved:
             return None  # same costs as at the last solve: same assignment
         out: dict = {}
         for g, group in enumerate(block.groups):
+            if _pooled(group):
+                out.setdefault(group.role, None)
+                continue
             part = self.parts[k][g]
-            keep = self._keep(k, g)
-            if part is None:  # not kept: recompute
-                part = pr.full_cost(group, self.rows[k][g])
             if group.role in out:
                 out[group.role] += part  # a sum this method owns
             else:  # the cached part itself must not be summed into
-                out[group.role] = part.copy() if keep else part
-            if not keep:
-                self.parts[k][g] = None
+                out[group.role] = part.copy()
+        for role, cost in out.items():
+            if cost is None:
+                out[role] = self._total(k, role, moved)
         return out
-
-    def _keep(self, k: int, g: int) -> bool:
-        block = self.problem.blocks[k]
-        group = block.groups[g]
-        if group.units**2 <= CACHE_MAX_ENTRIES:
-            return True
-        expensive = [x for x in block.groups if x.offsets[-1] * EXPENSIVE_ROWS >= x.units]
-        if group not in expensive:
-            return False
-        return len(expensive) > 1 or self.settled[k][g]
 
     def _part(self, k: int, g: int, old, rows) -> np.ndarray:
         pr, group = self.problem, self.problem.blocks[k].groups[g]
         part = self.parts[k][g]
-        small = False
-        if old is not None:
+        if old is not None and part is not None and self.updates[k][g] < MAX_LOW_RANK_UPDATES:
             changed = sum(int(np.count_nonzero(o != r)) for o, r in zip(old, rows, strict=True))
-            small = changed <= LOW_RANK_FRACTION * group.offsets[-1]
-        self.settled[k][g] = small
-        if small and part is not None and self.updates[k][g] < MAX_LOW_RANK_UPDATES:
-            self.updates[k][g] += 1
-            return pr.low_rank(group, part, old, rows)
+            if changed <= LOW_RANK_FRACTION * group.offsets[-1]:
+                self.updates[k][g] += 1
+                return pr.low_rank(group, part, old, rows)
         self.updates[k][g] = 0
         return pr.full_cost(group, rows)
+
+    def _total(self, k: int, role, moved: dict) -> np.ndarray:
+        """A large role's summed cost, corrected in place when few of its rows moved
+        (as many changed rows as `LOW_RANK_FRACTION` of all its groups' rows: the same
+        break-even as a lone group's), else recomputed from every group."""
+        pr, block = self.problem, self.problem.blocks[k]
+        mine = [g for g, group in enumerate(block.groups) if group.role == role]
+        total = self.totals[k].pop(role, None)
+        changed = [
+            None
+            if moved[g] is None
+            else sum(map(np.count_nonzero, map(np.not_equal, moved[g], self.rows[k][g])))
+            for g in mine
+            if g in moved
+        ]
+        rows = sum(int(block.groups[g].offsets[-1]) for g in mine)
+        small = None not in changed and sum(changed) <= LOW_RANK_FRACTION * rows
+        if changed:
+            self.settled[k][role] = small
+        if total is not None and small and self.total_updates[k][role] < MAX_LOW_RANK_UPDATES:
+            if changed:
+                for g in mine:
+                    if g in moved:
+                        pr.add_low_rank(block.groups[g], total, moved[g], self.rows[k][g])
+                self.total_updates[k][role] += 1
+        else:
+            total = None
+            for g in mine:
+                part = pr.full_cost(block.groups[g], self.rows[k][g])
+                if total is None:
+                    total = part if part.flags.writeable else part.copy()
+                else:
+                    total += part
+            self.total_updates[k][role] = 0
+        units = block.groups[mine[0]].units
+        expensive = sum(block.groups[g].offsets[-1] * EXPENSIVE_ROWS >= units for g in mine)
+        if expensive > 1 or self.settled[k].get(role, False):
+            self.totals[k][role] = total
+        return total
 
 
 def solve_block(problem: Problem, block: Block, costs: dict, perms) -> tuple[dict, float, float]:
