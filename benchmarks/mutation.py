@@ -164,8 +164,8 @@ MUTATIONS = [
     Mutation(
         "weight matching: a large cost's kept sum corrected for one moved group only",
         "lmc/align/weight_matching.py",
-        "                    if g in moved:\n                        pr.add_low_rank(",
-        "                    if g == min(moved):\n                        pr.add_low_rank(",
+        "                    if g in moved:\n                        group = block.groups[g]",
+        "                    if g == min(moved):\n                        group = block.groups[g]",
         ("tests/align/test_align_weight_matching.py",),
     ),
     Mutation(

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.linalg import get_blas_funcs
 from scipy.optimize import linear_sum_assignment
 
 try:  # LAPJV (Jonker & Volgenant 1987): faster than scipy on these dense costs
@@ -189,6 +190,16 @@ def _gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.take(x, rows, axis=0)
 
 
+def _accumulate(part: np.ndarray, a: np.ndarray, diff: np.ndarray) -> bool:
+    """part += a^T diff by one GEMM writing into part (as part^T += diff^T a, which is
+    column-major); False where BLAS would have to copy part instead."""
+    if not (part.flags.c_contiguous and part.flags.writeable and part.dtype == a.dtype):
+        return False
+    gemm = get_blas_funcs("gemm", (part,))
+    out = gemm(1.0, diff, a, beta=1.0, c=part.T, trans_a=1, overwrite_c=1)
+    return np.shares_memory(out, part)
+
+
 def _to_device(problem: Problem, group: Group):
     """Padded device copies of the group's stacked A, B rows for large products, else
     None (NumPy, straight from the leaves)."""
@@ -301,14 +312,18 @@ class Problem:
         """part + A[changed]^T (B[new] - B[old]) over the changed rows of each entry."""
         return self.add_low_rank(group, part.copy(), old, new)
 
-    def add_low_rank(self, group: Group, part, old: list, new: list) -> np.ndarray:
-        """`low_rank` into `part` itself."""
+    def add_low_rank(self, group: Group, part, old: list, new: list, fused=False) -> np.ndarray:
+        """`low_rank` into `part` itself. `fused`: BLAS accumulates into `part` (no
+        units x units temporary; rounds differently from a product then a sum)."""
         for e, o, r in zip(group.entries, old, new, strict=True):
             changed = np.flatnonzero(o != r)
             if changed.size:
-                a, b = self.rows_a(e)[changed], self.rows_b(e)
+                b = self.rows_b(e)
+                a = _gather_rows(self.rows_a(e), changed)
+                diff = _gather_rows(b, r[changed]) - _gather_rows(b, o[changed])
                 with blas_threads(a.size * a.shape[1]):
-                    part += a.T @ (b[r[changed]] - b[o[changed]])
+                    if not (fused and _accumulate(part, a, diff)):
+                        part += a.T @ diff
         return part
 
     def costs(self, block: Block, perms) -> dict:
@@ -439,7 +454,8 @@ class CostCache:
             if changed:
                 for g in mine:
                     if g in moved:
-                        pr.add_low_rank(block.groups[g], total, moved[g], self.rows[k][g])
+                        group = block.groups[g]
+                        pr.add_low_rank(group, total, moved[g], self.rows[k][g], fused=True)
                 self.total_updates[k][role] += 1
         else:
             total = None
