@@ -162,6 +162,13 @@ MUTATIONS = [
         ("tests/align/test_align_weight_matching.py",),
     ),
     Mutation(
+        "weight matching: a large cost's kept sum corrected for one moved group only",
+        "lmc/align/discrete/weight_matching.py",
+        "                    if g in moved:\n                        group = block.groups[g]",
+        "                    if g == min(moved):\n                        group = block.groups[g]",
+        ("tests/align/test_align_weight_matching.py",),
+    ),
+    Mutation(
         "axis kernels: nested permutations' row maps applied before their unit's",
         "lmc/align/axes.py",
         "sorted(others, key=lambda o: o[3] is not None)",

@@ -209,3 +209,51 @@ def test_bad_input_is_reported():
     with pytest.warns(UserWarning, match="empty"):
         perms, info = align.weight_matching(align.PermutationSpec({}, {}), a, a)
     assert perms == {} and info["sweeps"] == 0
+
+
+@pytest.mark.parametrize("keep_all", [True, False])
+def test_large_cost_sums_match_costs_from_scratch(monkeypatch, keep_all):
+    """Every cost pooled into one in-place-corrected sum per block (the path of layers
+    over 1024 units), under moves of a few units (low-rank) and of all of them (full):
+    each cost the cache returns equals the products from scratch, and an unchanged
+    neighbourhood returns None."""
+    monkeypatch.setattr(wm, "CACHE_MAX_ENTRIES", 0)
+    if keep_all:  # every sum kept between visits, so the corrections pile up
+        monkeypatch.setattr(wm, "EXPENSIVE_ROWS", 10**6)
+    model, spec, shapes = model_spec_shapes("resnet20", width=1, norm="layernorm")
+    spec = spec.subtree("params")
+    a, b = (random_variables(model, s, shapes=shapes)["params"] for s in (7, 8))
+    problem = wm.Problem(spec, dict(spec.sizes), a, b)
+    cache = wm.CostCache(problem)
+    rng = np.random.default_rng(0)
+    perms = {n: np.arange(problem.sizes[n]) for n in problem.names}
+    for step in range(40):
+        k = int(rng.integers(len(problem.blocks)))
+        got = cache.get(k, perms)
+        want = problem.costs(problem.blocks[k], perms)
+        if got is not None:
+            for role, cost in want.items():
+                np.testing.assert_allclose(got[role], cost, rtol=1e-4, atol=1e-4)
+        assert cache.get(k, perms) is None  # nothing moved since: same costs
+        name = problem.names[int(rng.integers(len(problem.names)))]
+        p = perms[name].copy()
+        if step % 7 == 3:
+            perms[name] = rng.permutation(p)  # every unit moves
+        else:
+            i, j = rng.choice(len(p), 2, replace=False)
+            p[[i, j]] = p[[j, i]]
+            perms[name] = p
+
+
+def test_pooled_sums_give_the_plain_algorithms_result(monkeypatch):
+    """The pooled path (forced on a small model) reaches the plain algorithm's
+    permutations and objective."""
+    model, spec, shapes = model_spec_shapes("resnet20", width=1, norm="layernorm")
+    a, b = (random_variables(model, s, shapes=shapes)["params"] for s in (3, 4))
+    monkeypatch.setattr(wm, "LOW_RANK_FRACTION", -1.0)  # always recompute in full
+    plain, info = align.weight_matching(spec, a, b, key=jax.random.key(1))
+    monkeypatch.setattr(wm, "LOW_RANK_FRACTION", 0.5)
+    monkeypatch.setattr(wm, "CACHE_MAX_ENTRIES", 0)
+    pooled, info2 = align.weight_matching(spec, a, b, key=jax.random.key(1))
+    assert _recovered(pooled, plain)
+    assert info["objective"][-1] == pytest.approx(info2["objective"][-1], rel=1e-5)

@@ -25,8 +25,10 @@ up to GPT-2 size):
   the groups whose row maps changed since the block's last solve are recomputed. A
   block none of whose row maps changed is skipped: same costs, same assignment.
 - When at most half of a group's rows changed, its cached product gets a low-rank
-  correction A[changed]^T (B[new] - B[old]) instead of a full product. Large lone
-  products are not cached (`CACHE_MAX_ENTRIES`): memory stays near the models' own.
+  correction A[changed]^T (B[new] - B[old]) instead of a full product. Large costs
+  are kept as one sum per block (not one product per group), and a block with one
+  expensive product keeps it only while its rows change little (`CACHE_MAX_ENTRIES`,
+  `EXPENSIVE_ROWS`): memory stays near the models' own.
 - Assignments use LAPJV (the `lap` package) on reduced costs; scipy without it.
   Solutions of large costs are remembered by the cost's bytes (`Memo`): restarts
   meet identical costs, and an identical cost has the identical answer.
@@ -50,6 +52,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.linalg import get_blas_funcs
 from scipy.optimize import linear_sum_assignment
 
 try:  # LAPJV (Jonker & Volgenant 1987): faster than scipy on these dense costs
@@ -129,13 +132,15 @@ class Memo:
     their neighbours moved), and an exact solve of a large dense cost is the slowest
     step there (random-init costs are the hardest for LAPJV). Hashing the bytes costs
     a memory pass; an identical cost gets the identical answer, so results do not
-    change."""
+    change. Within one descent a block is solved only after its costs changed, so
+    repeats are rare and a single run skips the hashing (`active=False`)."""
 
-    def __init__(self):
+    def __init__(self, active: bool = True):
         self.answers: dict[bytes, np.ndarray] = {}
+        self.active = active
 
     def __call__(self, cost) -> np.ndarray:
-        if len(cost) < MEMO_MIN_SIZE:
+        if not self.active or len(cost) < MEMO_MIN_SIZE:
             return solve_assignment(cost)
         cost = np.ascontiguousarray(cost)
         key = hashlib.blake2b(cost.view(np.uint8), digest_size=16).digest()
@@ -191,6 +196,16 @@ def _gather_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.take(x, rows, axis=0)
 
 
+def _accumulate(part: np.ndarray, a: np.ndarray, diff: np.ndarray) -> bool:
+    """part += a^T diff by one GEMM writing into part (as part^T += diff^T a, which is
+    column-major); False where BLAS would have to copy part instead."""
+    if not (part.flags.c_contiguous and part.flags.writeable and part.dtype == a.dtype):
+        return False
+    gemm = get_blas_funcs("gemm", (part,))
+    out = gemm(1.0, diff, a, beta=1.0, c=part.T, trans_a=1, overwrite_c=1)
+    return np.shares_memory(out, part)
+
+
 def _to_device(problem: Problem, group: Group):
     """Padded device copies of the group's stacked A, B rows for large products, else
     None (NumPy, straight from the leaves)."""
@@ -225,7 +240,15 @@ class Problem:
     Holds A's and B's leaves as host float32 arrays (no copy when they already are)
     and reads every cost product from them: no stacked copies on the NumPy path."""
 
-    def __init__(self, spec: PermutationSpec, sizes: Mapping[str, int], tree_a, tree_b, fixed=()):
+    def __init__(
+        self,
+        spec: PermutationSpec,
+        sizes: Mapping[str, int],
+        tree_a,
+        tree_b,
+        restarts: int = 1,
+        fixed=(),
+    ):
         fams = nested.validate(spec) if spec.stacks else {}
         inside = {w for ws in fams.values() for w in ws}
         self.names = list(spec.axes)
@@ -241,7 +264,7 @@ class Problem:
         self.blocks = [Block(n, ()) for n in free if n not in fams and n not in inside]
         self.blocks += [Block(h, tuple(ws)) for h, ws in fams.items() if h not in fixed]
         self.nested = bool(fams)
-        self.solve = Memo()  # shared by the restarts
+        self.solve = Memo(active=restarts > 1)  # shared by the restarts
         self.linear = True  # J moves by exactly new - old per step (see `_entries`)
         for block in self.blocks:
             by_key: dict[tuple, list[Entry]] = {}
@@ -300,13 +323,20 @@ class Problem:
 
     def low_rank(self, group: Group, part, old: list, new: list) -> np.ndarray:
         """part + A[changed]^T (B[new] - B[old]) over the changed rows of each entry."""
-        part = part.copy()
+        return self.add_low_rank(group, part.copy(), old, new)
+
+    def add_low_rank(self, group: Group, part, old: list, new: list, fused=False) -> np.ndarray:
+        """`low_rank` into `part` itself. `fused`: BLAS accumulates into `part` (no
+        units x units temporary; rounds differently from a product then a sum)."""
         for e, o, r in zip(group.entries, old, new, strict=True):
             changed = np.flatnonzero(o != r)
             if changed.size:
-                a, b = self.rows_a(e)[changed], self.rows_b(e)
+                b = self.rows_b(e)
+                a = _gather_rows(self.rows_a(e), changed)
+                diff = _gather_rows(b, r[changed]) - _gather_rows(b, o[changed])
                 with blas_threads(a.size * a.shape[1]):
-                    part += a.T @ (b[r[changed]] - b[o[changed]])
+                    if not (fused and _accumulate(part, a, diff)):
+                        part += a.T @ diff
         return part
 
     def costs(self, block: Block, perms) -> dict:
@@ -333,32 +363,49 @@ class Problem:
         return total
 
 
-# A group's partial product is kept between visits (for low-rank updates, and so a
-# change in one group does not recompute the others) when it is this small, or when
-# its block has two or more *expensive* groups (rows >= units / EXPENSIVE_ROWS) and it
-# is one. Otherwise it is recomputed: a large cost of a block with one expensive
-# product (a transformer MLP's units: fc1 and fc2 in one group, the bias in another)
-# would hold units^2 floats per group, per layer (GPT-2: two 36 MB costs per layer,
-# together more than twice the model), and a bias's product costs no more to redo
-# than to add.
+# Costs of at most this many entries keep one partial product per group between
+# visits (for low-rank updates, and so a change in one group does not recompute the
+# others). Larger costs (a 4096-unit layer: 64 MB each) keep one sum per block and
+# role instead (`CostCache._total`): the groups' low-rank corrections go straight into
+# it, so a block holds one matrix, not one per group, and a bias's or a classifier's
+# group is not redone on every visit.
 CACHE_MAX_ENTRIES = 2**20
+# A large sum is kept between visits when its block has two or more *expensive*
+# groups (rows >= units / EXPENSIVE_ROWS), or while its rows last changed little (a
+# low-rank update was possible). A block with one expensive product (a transformer
+# MLP's units: fc1 and fc2 in one group; the last hidden layer of an MLP) would
+# otherwise hold units^2 floats per layer (GPT-2: 36 MB per layer, together more than
+# the model) through descents at random init, where every row moves each visit and
+# the sum is recomputed anyway.
 EXPENSIVE_ROWS = 8
 
 
+def _pooled(group: Group) -> bool:
+    return group.units**2 > CACHE_MAX_ENTRIES
+
+
 class CostCache:
-    """Per block and group: the row maps of the last solve and the partial products."""
+    """Per block and group: the row maps of the last solve, and the partial products
+    (per group for small costs, summed per role for large ones)."""
 
     def __init__(self, problem: Problem):
         self.problem = problem
-        self.rows = [[None] * len(b.groups) for b in problem.blocks]
-        self.parts = [[None] * len(b.groups) for b in problem.blocks]
-        self.updates = [[0] * len(b.groups) for b in problem.blocks]  # low-rank in a row
+        blocks = problem.blocks
+        self.rows = [[None] * len(b.groups) for b in blocks]
+        self.parts = [[None] * len(b.groups) for b in blocks]
+        self.updates = [[0] * len(b.groups) for b in blocks]  # low-rank in a row
+        # Large roles: role -> summed cost (absent: not kept), low-rank updates in a
+        # row, and whether the role's rows last changed little.
+        self.totals: list[dict] = [{} for _ in blocks]
+        self.total_updates: list[dict] = [{} for _ in blocks]
+        self.settled: list[dict] = [{} for _ in blocks]
 
     def get(self, k: int, perms) -> dict | None:
         """The costs of block k (role -> matrix), or None if they are the ones its
-        current permutations were solved for."""
+        current permutations were solved for. A large role's cost is the cache's own
+        sum: read it, do not write to it."""
         pr, block = self.problem, self.problem.blocks[k]
-        fresh = [False] * len(block.groups)
+        moved = {}  # group -> its row maps at the last solve (None: never computed)
         for g, group in enumerate(block.groups):
             old = self.rows[k][g]
             if old is not None and not group.depends:
@@ -366,29 +413,26 @@ class CostCache:
             rows = pr.rows(group, perms)
             if old is not None and all(map(np.array_equal, old, rows)):
                 continue
-            fresh[g] = True
-            self.rows[k][g], self.parts[k][g] = rows, self._part(k, g, old, rows)
-        if not any(fresh):
+            moved[g] = old
+            self.rows[k][g] = rows
+            if not _pooled(group):
+                self.parts[k][g] = self._part(k, g, old, rows)
+        if not moved:
             return None  # same costs as at the last solve: same assignment
         out: dict = {}
         for g, group in enumerate(block.groups):
+            if _pooled(group):
+                out.setdefault(group.role, None)
+                continue
             part = self.parts[k][g]
-            keep = self._keep(block, group)
-            if part is None:  # not kept: recompute
-                part = pr.full_cost(group, self.rows[k][g])
             if group.role in out:
                 out[group.role] += part  # a sum this method owns
             else:  # the cached part itself must not be summed into
-                out[group.role] = part.copy() if keep else part
-            if not keep:
-                self.parts[k][g] = None
+                out[group.role] = part.copy()
+        for role, cost in out.items():
+            if cost is None:
+                out[role] = self._total(k, role, moved)
         return out
-
-    def _keep(self, block: Block, group: Group) -> bool:
-        if group.units**2 <= CACHE_MAX_ENTRIES:
-            return True
-        expensive = [g for g in block.groups if g.offsets[-1] * EXPENSIVE_ROWS >= g.units]
-        return len(expensive) > 1 and group in expensive
 
     def _part(self, k: int, g: int, old, rows) -> np.ndarray:
         pr, group = self.problem, self.problem.blocks[k].groups[g]
@@ -400,6 +444,46 @@ class CostCache:
                 return pr.low_rank(group, part, old, rows)
         self.updates[k][g] = 0
         return pr.full_cost(group, rows)
+
+    def _total(self, k: int, role, moved: dict) -> np.ndarray:
+        """A large role's summed cost, corrected in place when few of its rows moved
+        (as many changed rows as `LOW_RANK_FRACTION` of all its groups' rows: the same
+        break-even as a lone group's), else recomputed from every group."""
+        pr, block = self.problem, self.problem.blocks[k]
+        mine = [g for g, group in enumerate(block.groups) if group.role == role]
+        total = self.totals[k].pop(role, None)
+        changed = [
+            None
+            if moved[g] is None
+            else sum(map(np.count_nonzero, map(np.not_equal, moved[g], self.rows[k][g])))
+            for g in mine
+            if g in moved
+        ]
+        rows = sum(int(block.groups[g].offsets[-1]) for g in mine)
+        small = None not in changed and sum(changed) <= LOW_RANK_FRACTION * rows
+        if changed:
+            self.settled[k][role] = small
+        if total is not None and small and self.total_updates[k][role] < MAX_LOW_RANK_UPDATES:
+            if changed:
+                for g in mine:
+                    if g in moved:
+                        group = block.groups[g]
+                        pr.add_low_rank(group, total, moved[g], self.rows[k][g], fused=True)
+                self.total_updates[k][role] += 1
+        else:
+            total = None
+            for g in mine:
+                part = pr.full_cost(block.groups[g], self.rows[k][g])
+                if total is None:
+                    total = part if part.flags.writeable else part.copy()
+                else:
+                    total += part
+            self.total_updates[k][role] = 0
+        units = block.groups[mine[0]].units
+        expensive = sum(block.groups[g].offsets[-1] * EXPENSIVE_ROWS >= units for g in mine)
+        if expensive > 1 or self.settled[k].get(role, False):
+            self.totals[k][role] = total
+        return total
 
 
 def solve_block(problem: Problem, block: Block, costs: dict, perms) -> tuple[dict, float, float]:
@@ -514,7 +598,7 @@ def weight_matching(
             for n in fixed
             for i in range(stacked.stacks.get(n, 1))
         ]
-    problem = Problem(wspec, sizes, tree_a, tree_b, fixed=tuple(fixed))
+    problem = Problem(wspec, sizes, tree_a, tree_b, restarts=len(keys), fixed=tuple(fixed))
     runs = []
     for k in keys:
         perms = {n: initial(init, n, problem.shapes[n]) for n in problem.names}
