@@ -53,6 +53,7 @@ DATA_ORDER = "tests/data/test_data_order_science.py"
 INPUTS_TRAINING = "tests/training/test_engine_inputs_training.py"
 INPUTS_EVAL = "tests/evaluate/test_engine_inputs_eval.py"
 INPUTS_TEXT = "tests/data/test_engine_inputs_text.py"
+CIRCUIT = "tests/align/test_circuit.py"
 
 MUTATIONS = [
     Mutation(
@@ -137,6 +138,20 @@ MUTATIONS = [
         (
             "tests/align/test_align_invertible.py::test_learned_matching_recovers_planted_invertible_maps",
         ),
+    ),
+    Mutation(
+        "circuit merge: the key factors lose their square root",
+        "lmc/align/circuit.py",
+        '"key": qkv("key", root_a, root_b),',
+        '"key": qkv("key", 1 - alpha, alpha),',
+        (CIRCUIT + "::test_circuit_midpoint_is_the_interpolated_circuits",),
+    ),
+    Mutation(
+        "circuit merge: no softmax-scale correction for the doubled head dim",
+        "lmc/align/circuit.py",
+        "SCALE = math.sqrt(2.0)",
+        "SCALE = 1.0",
+        (CIRCUIT + "::test_circuit_path_ends_are_the_endpoints",),
     ),
     Mutation(
         "invertible classes: the contravariant side gets M instead of M^-T",
