@@ -3,9 +3,10 @@
 Per head, attention is two bilinear forms (Elhage et al. 2021): the query-key circuit
 W_Q W_K^T, whose form gives the logits, and the value-output circuit W_V W_O, which
 writes to the residual stream. Both are invariant under any invertible map inside
-the head, so interpolating them needs no head alignment; Theus et al. (2025) merge
-GPT-2s that way. The interpolated circuits have up to twice the rank of either, and
-are exactly one head of twice the head dim:
+the head, so interpolating them needs no alignment within heads (which head of B
+meets which head of A is still the base alignment's choice); Theus et al. (2025)
+merge GPT-2 models that way. The interpolated circuits have up to twice the rank of
+either and are exactly one head of twice the head dim:
 
     q = sqrt(2) [sqrt(1-a) q_A, sqrt(a) q_B]      k = [sqrt(1-a) k_A, sqrt(a) k_B]
     v = [v_A, v_B]                               W_O = [(1-a) W_O_A ; a W_O_B]
