@@ -91,7 +91,8 @@ def interpolation_curve(
       `{"alphas": [...], "<split>_loss": [...], "<split>_error": [...], ...}` (plain
       floats; errors are fractions of labels: of examples for classifiers, of tokens
       for (batch, time) targets), train before test for a Dataset. At alpha 0
-      and 1 the values are the endpoints' own metrics, whatever `norm`.
+      and 1 the values are the endpoints' own metrics, whatever `norm` (with a
+      `path`, as far as its networks there compute the endpoints' functions).
     """
     apply_fn = as_apply_fn(apply_fn, "evaluate.interpolation_curve")
     a, b = as_endpoint(endpoint_a, "a"), as_endpoint(endpoint_b, "b")
