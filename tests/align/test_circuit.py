@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from lmc import evaluate
 from lmc.align import circuit
 from lmc.errors import UserError
 from lmc.models import build
@@ -131,3 +132,10 @@ def test_param_counts_and_refusals():
         circuit.circuit_model(model("rotary"))
     with pytest.raises(UserError, match="transformer"):
         circuit.circuit_model(build("mlp", 10, width=8, depth=1))
+    # REPAIR's statistics follow the straight line, not a path of another shape
+    apply_fn, path = circuit.circuit_path(m)
+    tokens = np.zeros((2, CONTEXT), np.int32)
+    data = {"train": (tokens, tokens), "test": (tokens, tokens)}
+    with pytest.raises(UserError, match="a path needs 'none'"):
+        evaluate.interpolation_curve(apply_fn, endpoint(m, 0), endpoint(m, 1), data,
+                                     norm="repair", path=path)  # fmt: skip
