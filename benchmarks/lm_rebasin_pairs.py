@@ -29,7 +29,7 @@ import numpy as np
 
 from configs.lm_rebasin import get_config
 from lmc import training
-from lmc.experiments.common import compare, setup
+from lmc.experiments.common import compare, setup, tables
 
 DEFAULT_METHODS = (
     "naive",
@@ -245,15 +245,15 @@ def main():
     )
     print("| method | test-loss barrier (mean ± std) | fraction of naive |")
     print("|---|---|---|")
-    for m in methods:
-        s = summary.get(m, {})
+    for m, s in tables.same_shape_first({m: summary.get(m, {}) for m in methods}):
         if "barrier_mean" not in s:
             print(f"| {m} | failed: {s.get('error')} | |")
             continue
         vals = np.array([p["methods"][m]["barrier"]["test_loss"] for p in pairs])
         frac = "" if naive is None else f"{np.mean(vals / naive):.2f}"
         print(
-            f"| {m} | {s['barrier_mean']['test_loss']:.3f} ± {s['barrier_std']['test_loss']:.3f}"
+            f"| {tables.label(m, s)} | {s['barrier_mean']['test_loss']:.3f} ± "
+            f"{s['barrier_std']['test_loss']:.3f}"
             f" | {frac} |"
         )
 

@@ -53,6 +53,7 @@ DATA_ORDER = "tests/data/test_data_order_science.py"
 INPUTS_TRAINING = "tests/training/test_engine_inputs_training.py"
 INPUTS_EVAL = "tests/evaluate/test_engine_inputs_eval.py"
 INPUTS_TEXT = "tests/data/test_engine_inputs_text.py"
+CIRCUIT = "tests/align/test_circuit.py"
 
 MUTATIONS = [
     Mutation(
@@ -137,6 +138,20 @@ MUTATIONS = [
         (
             "tests/align/test_align_invertible.py::test_learned_matching_recovers_planted_invertible_maps",
         ),
+    ),
+    Mutation(
+        "circuit merge: the key factors lose their square root",
+        "lmc/align/continuous/circuit.py",
+        '"key": qkv("key", root_a, root_b),',
+        '"key": qkv("key", 1 - alpha, alpha),',
+        (CIRCUIT + "::test_circuit_midpoint_is_the_interpolated_circuits",),
+    ),
+    Mutation(
+        "circuit merge: no softmax-scale correction for the doubled head dim",
+        "lmc/align/continuous/circuit.py",
+        "SCALE = math.sqrt(2.0)",
+        "SCALE = 1.0",
+        (CIRCUIT + "::test_circuit_path_ends_are_the_endpoints",),
     ),
     Mutation(
         "invertible classes: the contravariant side gets M instead of M^-T",
@@ -229,8 +244,8 @@ MUTATIONS = [
     Mutation(
         "pair: the curve is measured on the unaligned B (alignment wiring)",
         "lmc/experiments/common/compare.py",
-        "model.apply, ea, aligned, dataset,",
-        "model.apply, ea, eb, dataset,",
+        "apply_fn, ea, aligned, dataset,",
+        "apply_fn, ea, eb, dataset,",
         (
             "tests/experiments/test_experiments.py::test_pair_with_every_alignment_method",
             "tests/experiments/test_experiments.py::test_batchnorm_suffixes_reach_the_evaluator_and_alignment_helps",

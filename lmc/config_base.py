@@ -88,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     # naive | weight_matching | activation_matching | ste | weight_matching_heads |
     # weight_matching_orthogonal | learned_matching | activation_matching_heads |
     # learned_matching_invertible | learned_matching_dual | lowrank_control, each
-    # optionally +reset or +repair
+    # optionally +reset or +repair; circuit (heads merged in circuit form: a larger
+    # midpoint, reported apart from the same-shape methods)
     c.eval.methods = ("naive", "weight_matching")
     c.eval.train_subset = 10000  # first N training examples used for train-side curves
     c.eval.batch_size = 1000  # rows per evaluation batch
@@ -108,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
     # the held-out path loss, measured every learned_eval_every steps (0: no holdout).
     c.align.learned_holdout = 0
     c.align.learned_eval_every = 50  # steps between held-out path-loss measurements
+    # circuit: the same-shape method that aligns the residual stream and MLP units
+    # before the heads are merged in circuit form (which needs no head alignment).
+    c.align.circuit_base = "weight_matching_orthogonal"
 
     # Sweep experiments (ignored by `pair`).
     c.instability = ml_collections.ConfigDict()
@@ -172,7 +176,8 @@ def lm_config() -> ml_collections.ConfigDict:
     # naive | weight_matching | activation_matching | ste | weight_matching_heads |
     # weight_matching_orthogonal | learned_matching | activation_matching_heads |
     # learned_matching_invertible | learned_matching_dual | lowrank_control, each
-    # optionally +reset or +repair
+    # optionally +reset or +repair; circuit (heads merged in circuit form: a larger
+    # midpoint, reported apart from the same-shape methods)
     c.eval.methods = ("naive", "weight_matching")
 
     # code_vs_prose: task-arithmetic scales, and the extra pair from independent inits.

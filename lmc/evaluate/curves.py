@@ -1,4 +1,4 @@
-"""Loss and error along the straight line between two networks.
+"""Loss and error along the straight line between two networks, or another path.
 
 One jitted function evaluates one batch for every alpha: the alphas are a
 `lax.map` inside the trace (a scan, optionally vmapped in chunks of `alpha_chunk`),
@@ -6,7 +6,9 @@ and each network is interpolated inside it, so the only Python loop is over
 fixed-shape batches and the whole curve compiles once per (model, batch shape).
 The interpolation costs O(#params) per alpha and batch, against O(batch * #params)
 for the forward pass, so a curve costs about as much as len(alphas) plain forward
-passes (see benchmarks/curve_eval.py).
+passes (see benchmarks/curve_eval.py). A method whose networks between the endpoints
+are not their weights' line (`lmc.align.continuous.circuit`) gives its own `path`: the same
+evaluator, another function from (a, b, alpha) to the network at alpha.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def interpolation_curve(
     alpha_chunk: int = 1,
     seed: int = 0,
     mesh=None,
+    path=None,
 ) -> dict:
     """Mean cross-entropy and error of (1-a)*A + a*B for every alpha, on every split.
 
@@ -80,12 +83,16 @@ def interpolation_curve(
       seed: seed of the statistics batches' permutation.
       mesh: an `lmc.runtime.sharding` mesh to run data-parallel on (batches split over its
         batch axes, rounded up to a multiple of their size); None: default device.
+      path: `path(params_a, params_b, alpha) -> params` of the network at alpha, which
+        `apply_fn` runs (its shape may differ from the endpoints'); traced, a static jit
+        argument like `apply_fn`. None: `lerp`, the straight line. Needs norm "none".
 
     Returns:
       `{"alphas": [...], "<split>_loss": [...], "<split>_error": [...], ...}` (plain
       floats; errors are fractions of labels: of examples for classifiers, of tokens
       for (batch, time) targets), train before test for a Dataset. At alpha 0
-      and 1 the values are the endpoints' own metrics, whatever `norm`.
+      and 1 the values are the endpoints' own metrics, whatever `norm` (with a
+      `path`, as far as its networks there compute the endpoints' functions).
     """
     apply_fn = as_apply_fn(apply_fn, "evaluate.interpolation_curve")
     a, b = as_endpoint(endpoint_a, "a"), as_endpoint(endpoint_b, "b")
@@ -95,6 +102,8 @@ def interpolation_curve(
         raise UserError(f"alpha_chunk must be >= 1, got {alpha_chunk}")
     splits = splits_of(data, train_subset)
     norm = normalization.resolve_norm(norm, a["model_state"])
+    if path is not None and norm != "none":
+        raise UserError(f"norm={norm!r} interpolates along the straight line; a path needs 'none'")
     place = Placement(mesh)
     a, b = place.replicate(a), place.replicate(b)
     batches = []
@@ -109,7 +118,7 @@ def interpolation_curve(
     )
     metrics = _evaluate_splits(
         apply_fn, a["params"], b["params"], alpha_values, states, corrections, splits,
-        batch_size, alpha_chunk, place,
+        batch_size, alpha_chunk, place, path or lerp,
     )  # fmt: skip
     return {"alphas": alpha_values.tolist(), **{k: v.tolist() for k, v in metrics.items()}}
 
@@ -136,7 +145,7 @@ def evaluate(
     params = place.replicate(e["params"])
     states = place.replicate(jax.tree.map(lambda s: np.asarray(s)[None], e["model_state"]))
     metrics = _evaluate_splits(
-        apply_fn, params, params, np.zeros(1), states, {}, splits, batch_size, 1, place
+        apply_fn, params, params, np.zeros(1), states, {}, splits, batch_size, 1, place, lerp
     )
     return {k: float(v[0]) for k, v in metrics.items()}
 
@@ -153,7 +162,7 @@ def as_apply_fn(model, api: str = "lmc.evaluate"):
 
 def _evaluate_splits(
     apply_fn, params_a, params_b, alphas, states, corrections, splits, batch_size, alpha_chunk,
-    place,
+    place, path,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     # One batch shape for all splits: one trace serves train and test.
     batch_size = place.eval_batch_size(min(batch_size, max(len(x) for x, _ in splits.values())))
@@ -165,7 +174,7 @@ def _evaluate_splits(
         for batch in padded_batches(x, y, batch_size):
             loss_sum, wrong = _eval_batch(
                 apply_fn, params_a, params_b, alphas_dev, states, corrections,
-                *place.batch(batch), loss_sum, wrong, alpha_chunk=alpha_chunk,
+                *place.batch(batch), loss_sum, wrong, alpha_chunk=alpha_chunk, path=path,
             )  # fmt: skip
         totals[name] = (loss_sum, wrong, int(np.prod(np.shape(y))))  # labels, not rows
     metrics = {}
@@ -176,14 +185,14 @@ def _evaluate_splits(
     return metrics
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "alpha_chunk"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "alpha_chunk", "path"))
 def _eval_batch(apply_fn, params_a, params_b, alphas, states, corrections, x, y, mask,
-                loss_sum, wrong, *, alpha_chunk):  # fmt: skip
+                loss_sum, wrong, *, alpha_chunk, path=lerp):  # fmt: skip
     """Add one batch's summed loss and error count, for every alpha, to the totals."""
 
     def one(args):
         alpha, state, correction = args
-        params = lerp(params_a, params_b, alpha)
+        params = path(params_a, params_b, alpha)
         with layer_hooks(affine_hook(correction), keys=correction.keys()):
             logits, _ = apply_fn(params, state, x, False)
         # Labels may carry extra axes (a language model's (batch, time) targets): every

@@ -69,11 +69,12 @@ def rotary(x: jnp.ndarray, base: float = 10000.0) -> jnp.ndarray:
 class CausalSelfAttention(nn.Module):
     heads: int
     positions: str = "learned"
+    head_dim: int | None = None  # None: width / heads
 
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        hd = d // self.heads
+        hd = self.head_dim or d // self.heads
         dense = lambda name: nn.DenseGeneral((self.heads, hd), axis=-1, name=name)
         q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, H, hd)
         if self.positions == "rotary":
@@ -102,10 +103,11 @@ class Block(nn.Module):
     mlp_hidden: int
     positions: str
     norm: str = "layernorm"
+    head_dim: int | None = None
 
     @nn.compact
     def __call__(self, x):
-        x = x + CausalSelfAttention(self.heads, self.positions, name="attn")(
+        x = x + CausalSelfAttention(self.heads, self.positions, self.head_dim, name="attn")(
             make_norm(self.norm, "ln1")(x)
         )
         return x + MLPBlock(self.mlp_hidden, name="mlp")(make_norm(self.norm, "ln2")(x))
@@ -120,6 +122,9 @@ class Transformer(nn.Module):
     mlp_ratio: int = 4
     positions: str = "learned"
     norm: str = "layernorm"
+    # None: width / heads. Wider heads are the circuit-form midpoint of two models
+    # (`lmc.align.continuous.circuit`), not a model one trains.
+    head_dim: int | None = None
 
     @nn.compact
     def __call__(self, tokens, train: bool = False):
@@ -138,8 +143,9 @@ class Transformer(nn.Module):
             x = x + pos[:t]
         for i in range(self.depth):
             x = Block(
-                self.heads, self.mlp_ratio * self.width, self.positions, self.norm, name=f"block{i}"
-            )(x)
+                self.heads, self.mlp_ratio * self.width, self.positions, self.norm,
+                self.head_dim, name=f"block{i}",
+            )(x)  # fmt: skip
         x = make_norm(self.norm, "ln_f")(x)
         return nn.Dense(self.vocab, name="head")(x).astype(jnp.float32)
 

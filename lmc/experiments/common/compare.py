@@ -49,11 +49,13 @@ def compare_pair(config, model, dataset, ea: dict, eb: dict, methods=None) -> di
         base, norm = methods_lib.parse_method(method)
         try:
             aligned, info = methods_lib.align_endpoint(base, config, model, dataset, ea, eb)
+            apply_fn, path = methods_lib.curve_path(base, model)
             curve = evaluate.interpolation_curve(
-                model.apply, ea, aligned, dataset,
+                apply_fn, ea, aligned, dataset,
                 alphas=int(config.eval.num_alphas),
                 norm=methods_lib.eval_norm(config, norm),
                 stats_batches=int(config.eval.bn_reset_batches),
+                path=path,
                 **_eval_kwargs(config),
             )  # fmt: skip
             out[method] = {**evaluate.method_entry(curve), **info}
@@ -87,6 +89,8 @@ def summarize(pair_entries: list[dict]) -> dict:
             methods[method] = {"error": pair_entries[0][method].get("error", "failed")}
             continue
         summary = {"num_pairs": len(ok)}
+        shape = ("same_shape", "midpoint_params", "endpoint_params")  # the circuit merge's
+        summary |= {k: ok[0][k] for k in shape if k in ok[0]}
         for kind in ("barrier", "barrier_vs_mean"):
             values = {m: np.array([e[kind][m] for e in ok]) for m in METRICS}
             summary[f"{kind}_mean"] = {m: float(v.mean()) for m, v in values.items()}

@@ -34,6 +34,12 @@ function and one entry each):
 - `lowrank_control`: the capacity control of the learned methods: as many free
   parameters as `learned_matching_invertible`, same start, batches, steps and path
   loss, spent on a low-rank correction of B that is no symmetry (`lmc.align.continuous.lowrank`).
+- `circuit`: B aligned by `config.align.circuit_base`, then the heads interpolated in
+  circuit form (Theus et al. 2025; `lmc.align.continuous.circuit`): the products W_Q W_K^T and
+  W_V W_O, realised as heads of twice the head dim. Not a same-shape merge: its
+  results.json entry says `same_shape: false` with `midpoint_params` and
+  `endpoint_params`, and tables list it apart. Needs lmc's transformer, learned
+  positions, no +reset/+repair.
 
 The learned methods hold out `config.align.learned_holdout` batches of their stream
 for early stopping and report their data budget (`data`: windows read and their
@@ -117,6 +123,13 @@ def align_endpoint(base: str, config, model, dataset, ea: dict, eb: dict) -> tup
     t0 = time.perf_counter()
     aligned, info = method.align(config, model, dataset, ea, eb)
     return aligned, {**info, "align_s": round(time.perf_counter() - t0, 3)}
+
+
+def curve_path(base: str, model) -> tuple[Callable, Callable | None]:
+    """(apply_fn, path) of method `base`'s curve (`lmc.evaluate.interpolation_curve`):
+    the model and the straight line, unless the method has a path of its own."""
+    path = METHODS[base].path
+    return (model.apply, None) if path is None else path(model)
 
 
 def _key(config) -> jax.Array:
@@ -273,14 +286,58 @@ def align_batches(config, dataset) -> list[tuple]:
     return [dataset.train_batch(seed, step, size) for step in range(n)]
 
 
+def circuit(config, model, dataset, ea, eb):
+    """`circuit`: B aligned by `config.align.circuit_base`; the circuit form itself is
+    the method's `path`. Info: the base's, and the midpoint's size."""
+    from lmc.align import circuit as circuit_lib
+
+    base = str(config.align.circuit_base)
+    aligned, info = align_endpoint(base, config, model, dataset, ea, eb)
+    counts = circuit_lib.param_counts(ea["params"])
+    return aligned, {**info, "circuit_base": base, "same_shape": False, **counts}
+
+
+def check_circuit(config) -> None:
+    base = config.align.circuit_base
+    same_shape = [m for m, entry in METHODS.items() if entry.path is None]
+    if base not in same_shape:
+        raise UserError(
+            f"config.align.circuit_base={base!r}: the alignment before the circuit form is "
+            f"a same-shape method, one of {', '.join(same_shape)}"
+        )
+    if METHODS[base].check is not None:
+        METHODS[base].check(config)
+    if any(str(m).startswith("circuit+") for m in config.eval.methods):
+        raise UserError(
+            "circuit in config.eval.methods takes no +reset/+repair: they correct "
+            "statistics along the straight line, and the circuit path is not one"
+        )
+    name, positions = config.model.get("name"), config.model.get("positions", "learned")
+    if name != "transformer" or positions != "learned":
+        raise UserError(
+            f"circuit needs config.model.name='transformer' with positions='learned' (got "
+            f"{name!r}, {positions!r}): its midpoint is lmc's transformer with wider heads, "
+            "and rotary positions would rotate A's and B's query dimensions together"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """`align(config, model, dataset, ea, eb) -> (b aligned to a, info)`: info goes to
     results.json (align_endpoint adds the time, align_s); None: b as trained.
-    `check(config)`: the method's config keys, checked before any training."""
+    `check(config)`: the method's config keys, checked before any training.
+    `path(model) -> (apply_fn, path)`: a curve that is not the straight line under
+    `model.apply` (`lmc.evaluate.interpolation_curve`'s `path`); None: that line."""
 
     align: Callable | None
     check: Callable | None = None
+    path: Callable | None = None
+
+
+def _circuit_path(model):
+    from lmc.align import circuit as circuit_lib
+
+    return circuit_lib.circuit_path(model)
 
 
 # The bases of config.eval.methods; adding a method is its function and one entry.
@@ -300,4 +357,5 @@ METHODS = {
         functools.partial(learned, maps="invertible", dual=True), check=check_learned
     ),
     "lowrank_control": Method(functools.partial(learned, control=True), check=check_learned),
+    "circuit": Method(circuit, check=check_circuit, path=_circuit_path),
 }

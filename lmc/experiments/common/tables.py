@@ -33,15 +33,30 @@ def mean_std(metric: str, mean: dict, std: dict, n: int) -> str:
     return f"{value(metric, mean[metric])} ± {value(metric, std.get(metric, 0.0))}"
 
 
+def label(method: str, entry: dict) -> str:
+    """The method's name; a midpoint of another shape than the endpoints (the circuit
+    merge) says so and how much larger it is, so no reader ranks it among the others."""
+    if entry.get("same_shape", True):
+        return method
+    ratio = entry["midpoint_params"] / entry["endpoint_params"]
+    return f"{method} [not same-shape: midpoint {ratio:.2f}x params]"
+
+
+def same_shape_first(methods: dict) -> list[tuple[str, dict]]:
+    """(method, entry) pairs, the same-shape methods first: the others come apart."""
+    key = lambda item: not item[1].get("same_shape", True)
+    return sorted(methods.items(), key=key)  # stable: config order within each group
+
+
 def method_rows(run: str, methods: dict) -> list[list[str]]:
     """One row per method of a `methods` dict (pair-shaped results)."""
     rows = []
-    for method, entry in methods.items():
+    for method, entry in same_shape_first(methods):
         if "error" in entry:
             rows.append([run, method, "failed: " + entry["error"][:60], "", "", ""])
             continue
         barrier = entry.get("barrier", {})
-        rows.append([run, method, *(value(c, barrier.get(c)) for c in COLUMNS)])
+        rows.append([run, label(method, entry), *(value(c, barrier.get(c)) for c in COLUMNS)])
     return rows
 
 
@@ -69,12 +84,13 @@ def point_rows(run: str, results: dict) -> list[list[str]]:
     key = results["sweep_key"]
     rows = []
     for point in sorted(results["points"], key=lambda p: p[key]):
-        for method, stats in point["methods"].items():
-            label = f"{run} [{key}={point[key]:g}]"
+        for method, stats in same_shape_first(point["methods"]):
+            run_label = f"{run} [{key}={point[key]:g}]"
             if "error" in stats:
-                rows.append([label, method, "failed: " + stats["error"][:60], "", "", ""])
+                rows.append([run_label, method, "failed: " + stats["error"][:60], "", "", ""])
                 continue
             n = int(stats.get("num_pairs", 1))
             cells = [mean_std(c, stats["barrier_mean"], stats["barrier_std"], n) for c in COLUMNS]
-            rows.append([label, f"{method} ({n} pair{'s' if n != 1 else ''})", *cells])
+            name = f"{label(method, stats)} ({n} pair{'s' if n != 1 else ''})"
+            rows.append([run_label, name, *cells])
     return rows
