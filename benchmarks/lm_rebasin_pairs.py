@@ -183,6 +183,33 @@ def endpoints_at(config, model, dataset, pair_dir: Path, step: int) -> list[dict
     return out
 
 
+def write_pairs(path: Path, config, at_step: int, methods, pairs, timings) -> dict:
+    """Write the pairs measured so far (atomically) to `path`; returns their summary."""
+    summary = compare.summarize([p["methods"] for p in pairs])
+    out = {
+        "config": config.to_dict(),
+        "at_step": at_step or None,
+        "methods": methods,
+        "pairs": [
+            {
+                "pair": p["pair"],
+                "endpoints": p["endpoints"],
+                "methods": {
+                    m: {k: v for k, v in e.items() if k != "traceback"}
+                    for m, e in p["methods"].items()
+                },
+            }
+            for p in pairs
+        ],
+        "summary": summary,
+        "timings": timings,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=float))
+    tmp.replace(path)
+    return summary
+
+
 def main():
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -198,7 +225,7 @@ def main():
     dataset = setup.load_data(config)
     model = setup.load_model(config, dataset)
     methods = [m for m in args.methods.split(",") if m]
-    pairs, timings = [], []
+    pairs, timings, summary = [], [], {}
     for p in range(args.first_pair, args.first_pair + args.pairs):
         c = pair_config(config, p)
         t0 = time.perf_counter()
@@ -215,29 +242,11 @@ def main():
         row = {m: e.get("barrier", {}).get("test_loss", e.get("error")) for m, e in entries.items()}
         print(f"pair {p}: test-loss barrier", json.dumps(row), flush=True)
         timings.append({"pair": p, "train_or_load_s": round(train_s, 1)})
+        # after every pair: a run stopped later keeps the finished pairs' details
+        summary = write_pairs(root / args.out, config, args.at_step, methods, pairs, timings)
     if args.train_only:
         print(json.dumps(timings))
         return
-    summary = compare.summarize([p["methods"] for p in pairs])
-    out = {
-        "config": config.to_dict(),
-        "at_step": args.at_step or None,
-        "methods": methods,
-        "pairs": [
-            {
-                "pair": p["pair"],
-                "endpoints": p["endpoints"],
-                "methods": {
-                    m: {k: v for k, v in e.items() if k != "traceback"}
-                    for m, e in p["methods"].items()
-                },
-            }
-            for p in pairs
-        ],
-        "summary": summary,
-        "timings": timings,
-    }
-    (root / args.out).write_text(json.dumps(out, indent=1, default=float))
     naive = (
         np.array([p["methods"]["naive"]["barrier"]["test_loss"] for p in pairs])
         if ("naive" in methods)

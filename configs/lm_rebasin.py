@@ -29,7 +29,10 @@ Expected (3 pairs, held-out endpoints 1.51-1.56 nats/byte), test-loss barrier me
 ± std: naive 2.30 ± 0.08; activation matching 1.55 ± 0.07; weight matching
 1.96 ± 0.05; + per-head 1.93 ± 0.06; + orthogonal residual 1.52 ± 0.08; learned
 matching 0.243 ± 0.003, i.e. 11% of the naive barrier left (docs/results/lm_merging.md
-has the table). The default run is pair 0; measured through
+has the table); invertible per-head maps 0.232 ± 0.002, dual maps 0.205 ± 0.016 (pairs
+0-1), the low-rank capacity control 0.365 ± 0.056. With rotary positions (one pair,
+`--set "model.positions='rotary'"` in the benchmark): naive 2.52, learned matching 0.288,
+invertible 0.265. The default run is pair 0; measured through
 `lmc run`: naive 2.319, activation matching 1.502, weight matching + orthogonal
 residual 1.585, learned matching 0.246 (11% of naive).
 
