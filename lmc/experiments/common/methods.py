@@ -289,7 +289,7 @@ def align_batches(config, dataset) -> list[tuple]:
 def circuit(config, model, dataset, ea, eb):
     """`circuit`: B aligned by `config.align.circuit_base`; the circuit form itself is
     the method's `path`. Info: the base's, and the midpoint's size."""
-    from lmc.align import circuit as circuit_lib
+    from lmc.align.continuous import circuit as circuit_lib
 
     base = str(config.align.circuit_base)
     aligned, info = align_endpoint(base, config, model, dataset, ea, eb)
@@ -335,7 +335,7 @@ class Method:
 
 
 def _circuit_path(model):
-    from lmc.align import circuit as circuit_lib
+    from lmc.align.continuous import circuit as circuit_lib
 
     return circuit_lib.circuit_path(model)
 
