@@ -182,6 +182,17 @@ def _loss(model, tree_a, loss_fn):
     return loss
 
 
+def _start(model, tree_a, tree_b, example_input, key, max_iter, restarts, rounds, maps):
+    """Where the learned methods and their control start: B aligned by
+    `weight_matching_orthogonal`, its info, and the spec and classes of `maps`."""
+    start, info = weight_matching_orthogonal(
+        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts,
+        rounds=rounds,
+    )  # fmt: skip
+    spec, classes = _classes(model, tree_a, example_input, info["params_spec"], info["roles"], maps)
+    return start, info, spec, classes
+
+
 def _learned_recipe(
     model,
     tree_a,
@@ -209,12 +220,10 @@ def _learned_recipe(
     per step), `free_parameters` and, with `holdout`, `best_step`."""
     model = _model(model)
     key = jax.random.key(0) if key is None else key
-    start, info = weight_matching_orthogonal(
-        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts,
-        rounds=rounds,
-    )  # fmt: skip
-    spec, roles = info["params_spec"], info["roles"]
-    spec, classes = _classes(model, tree_a, example_input, spec, roles, maps)
+    start, info, spec, classes = _start(
+        model, tree_a, tree_b, example_input, key, max_iter, restarts, rounds, maps
+    )
+    roles = info["roles"]
     params_b, learned_info = learned.learned_matching(
         spec, roles, classes, tree_a["params"], start["params"], _loss(model, tree_a, loss_fn),
         batches, key=key, steps=steps, learning_rate=learning_rate, alpha=alpha, dual=dual,
@@ -249,12 +258,10 @@ def lowrank_control(
     loss; returns (tree of B', info with `rank`, `free_parameters`, `budget`)."""
     model = _model(model)
     key = jax.random.key(0) if key is None else key
-    start, info = weight_matching_orthogonal(
-        model, tree_a, tree_b, example_input, key=key, max_iter=max_iter, restarts=restarts,
-        rounds=rounds,
-    )  # fmt: skip
-    spec, roles = info["params_spec"], info["roles"]
-    spec, classes = _classes(model, tree_a, example_input, spec, roles, maps)
+    start, info, spec, classes = _start(
+        model, tree_a, tree_b, example_input, key, max_iter, restarts, rounds, maps
+    )
+    roles = info["roles"]
     d = int(jax.numpy.shape(get_leaf(tree_a["params"], roles.norms[0].scale))[0])
     budget = learned.free_parameters(learned._initial(spec, classes, d))
     rank = lowrank.rank_for(start["params"], budget)
