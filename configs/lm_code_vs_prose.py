@@ -25,7 +25,10 @@ Measured (one seed, mean held-out loss over both domains, nats/byte): mixture mo
 independent inits: 2.45 / 2.36 -> 3.34 naive, 3.28 after weight matching, 3.03 after
 activation matching, 3.04 after weight matching + orthogonal residual, and 2.21 after
 learned matching (code 2.13 / prose 2.28: better than either specialist, 0.007 nats
-from the mixture model; with 400 instead of 1000 learning steps 2.26). Task
+from the mixture model; with 400 instead of 1000 learning steps 2.26). With the
+same models (docs/results/lm_merging.md, rerun): learned matching with general
+invertible per-head maps 2.154 (below the mixture model), the low-rank capacity
+control with as many free parameters 2.351. Task
 arithmetic with s=1 is worse than the average at every k.
 
 Literature: model soups / BTM / task arithmetic (Wortsman et al. 2022, Li et al. 2022,
