@@ -88,6 +88,14 @@ def _groups(spec: PermutationSpec, name: str) -> list[frozenset[Path]]:
     return [frozenset(by_parent[k]) for k in sorted(by_parent, key=lambda p: tuple(map(str, p)))]
 
 
+def reference_outputs(fn: Callable, params, *args):
+    """(jitted fn, its float64 outputs on `params`, their scale) for a numeric symmetry
+    test: one compilation serves every candidate element tried against them."""
+    call = jax.jit(fn)
+    want = np.asarray(call(params, *args), np.float64)
+    return call, want, max(1.0, float(np.abs(want).max()))
+
+
 def invertible_classes(
     fn: Callable, spec: PermutationSpec, params, *args, exclude=(), seed: int = 0, rtol=1e-4
 ) -> tuple[MapClass, ...]:
@@ -100,9 +108,7 @@ def invertible_classes(
     to e^2) changes the outputs by at most `rtol` relative to their scale; the first
     qualifying split (contravariant side not containing the first module) is kept."""
     rng = np.random.default_rng(seed)
-    call = jax.jit(fn)
-    want = np.asarray(call(params, *args), np.float64)
-    scale = max(1.0, float(np.abs(want).max()))
+    call, want, scale = reference_outputs(fn, params, *args)
     found = []
     for name in spec.names:
         if name in exclude or any(r.inner != 1 for r in spec.axes[name]):

@@ -73,9 +73,7 @@ def orthogonal_classes(
     Each gets a random orthogonal element alone; it qualifies if the outputs change
     by at most `rtol` relative to their scale."""
     rng = np.random.default_rng(seed)
-    call = jax.jit(fn)
-    want = np.asarray(call(params, *args), np.float64)
-    scale = max(1.0, float(np.abs(want).max()))
+    call, want, scale = invertible.reference_outputs(fn, params, *args)
     found = []
     for name in spec.names:
         if name in exclude or any(r.inner != 1 for r in spec.axes[name]):

@@ -20,11 +20,10 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmc.align.continuous.invertible import MAX_GROUPS, _groups, apply_pairs
+from lmc.align.continuous.invertible import MAX_GROUPS, _groups, apply_pairs, reference_outputs
 from lmc.align.spec import AxisRef, PermutationSpec, get_leaf, nested_units
 
 PAIRINGS = ("half", "adjacent")
@@ -103,9 +102,7 @@ def rotary_classes(
     if extended.names == spec.names:  # no uncovered within-head axes: nothing to test
         return spec, ()
     rng = np.random.default_rng(seed)
-    call = jax.jit(fn)
-    want = np.asarray(call(params, *args), np.float64)
-    scale = max(1.0, float(np.abs(want).max()))
+    call, want, scale = reference_outputs(fn, params, *args)
     found = []
     for name in extended.names:
         if name in spec.axes:
